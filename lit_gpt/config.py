@@ -1,0 +1,428 @@
+"""One typed model config, the table of named configs, and the mapping to and from Hugging Face `config.json`.
+
+Every family difference the model knows about is a field here; `model.py` acts on each field in one place.
+Named configs mirror the Hugging Face `config.json` of the repo in `hf_repo_id` (https://huggingface.co/<id>).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from lit_gpt.utils import LIT_CONFIG_NAME, UserError, atomic_write_json
+
+Architecture = Literal["llama", "mistral", "gpt_neox", "falcon"]
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = ""
+    # the Hugging Face repo whose config.json this mirrors, and its `model_type` (which weight layout to convert)
+    hf_repo_id: str = ""
+    architecture: Architecture = "llama"
+
+    block_size: int = 4096  # longest context the model was trained for (HF `max_position_embeddings`)
+    vocab_size: int = 32000  # rows of the embedding (may exceed the tokenizer's vocabulary: padding)
+    n_layer: int = 32
+    n_embd: int = 4096
+    n_head: int = 32
+    # Key/value heads. n_head = MHA, 1 = MQA (Falcon 7B), in between = GQA (Llama 2 70B, Mistral, SmolLM2).
+    n_query_groups: int | None = None
+    head_size: int | None = None  # defaults to n_embd // n_head
+    intermediate_size: int = 11008
+
+    norm_class: Literal["LayerNorm", "RMSNorm"] = "RMSNorm"
+    norm_eps: float = 1e-5
+    # "swiglu": down(silu(gate(x)) * up(x)) (Llama); "gelu": proj(gelu(fc(x))) (GPT-NeoX, Falcon)
+    mlp_class: Literal["swiglu", "gelu"] = "swiglu"
+    gelu_approximate: Literal["none", "tanh"] = "none"
+    attn_bias: bool = False  # bias on query/key/value/proj
+    mlp_bias: bool = False
+
+    rotary_percentage: float = 1.0  # fraction of each head that gets RoPE (GPT-NeoX: 0.25)
+    rope_base: float = 10000.0
+    rope_condense_ratio: float = 1.0  # linear position interpolation (LongChat: 8), HF `rope_scaling.factor`
+    sliding_window: int | None = None  # Mistral: attend to at most this many previous positions
+
+    # x + attn(norm_1(x)) + mlp(norm_2(x)) instead of two sequential residual steps (GPT-NeoX, Falcon)
+    parallel_residual: bool = False
+    # parallel residual where both branches read the same norm_1 output (Falcon 7B); Falcon 40B/180B use two
+    shared_attention_norm: bool = False
+    tie_embeddings: bool = False  # lm_head reuses the embedding matrix (SmolLM2, Falcon)
+
+    def __post_init__(self) -> None:
+        # frozen dataclass: derived defaults are filled in through object.__setattr__
+        if self.head_size is None:
+            object.__setattr__(self, "head_size", self.n_embd // self.n_head)
+        if self.n_query_groups is None:
+            object.__setattr__(self, "n_query_groups", self.n_head)
+        if self.n_head % self.n_query_groups:
+            raise ValueError(f"n_head={self.n_head} is not a multiple of n_query_groups={self.n_query_groups}")
+
+    @property
+    def rope_n_elem(self) -> int:
+        return int(self.rotary_percentage * self.head_size)
+
+    # ---------------------------------------------------------------- named configs and our own files
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> Config:
+        """A named config (`Llama-2-7b-hf` or the repo id `meta-llama/Llama-2-7b-hf`), with field overrides."""
+        fields = _table.get(name) or _table.get(name.split("/")[-1])
+        if fields is None:
+            raise UserError(
+                f"no config named {name!r}. Run `python scripts/download.py` to list them, or convert a folder whose "
+                "config.json describes a supported architecture (llama, mistral, gpt_neox, falcon)"
+            )
+        return cls(**{**fields, **overrides})
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Path, **overrides: Any) -> Config:
+        """The config saved next to our converted weights (`lit_config.json`)."""
+        path = Path(checkpoint_dir) / LIT_CONFIG_NAME
+        if not path.is_file():
+            raise UserError(
+                f"{path} not found: {checkpoint_dir} is not a converted checkpoint. "
+                f"Run `python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}` first"
+            )
+        data = json.loads(path.read_text())
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise UserError(f"{path}: unknown fields {sorted(unknown)}; was it written by a newer lit_gpt?")
+        return replace(cls(**data), **overrides)
+
+    def save(self, checkpoint_dir: Path) -> None:
+        atomic_write_json(Path(checkpoint_dir) / LIT_CONFIG_NAME, dataclasses.asdict(self))
+
+    # ---------------------------------------------------------------- Hugging Face config.json, both ways
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], name: str = "", source: str = "config.json") -> Config:
+        """Derive a config from a Hugging Face `config.json` dict, so that checkpoints outside the table convert too.
+
+        Raises `UserError` (naming `source`) for architectures or options the model does not implement,
+        rather than silently computing something else.
+        """
+        model_type = hf.get("model_type")
+        if model_type not in _FROM_HF:
+            raise UserError(
+                f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(_FROM_HF)}"
+            )
+        try:
+            fields = _FROM_HF[model_type](hf)
+        except KeyError as e:
+            raise UserError(f"{source}: missing field {e.args[0]!r} for model_type {model_type!r}") from None
+        rope = _rope_parameters(hf)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "linear"):
+            raise UserError(f"{source}: RoPE scaling {rope_type!r} is not supported (only default and linear)")
+        fields.setdefault("rope_base", float(rope.get("rope_theta", 10000.0)))
+        fields.setdefault("rope_condense_ratio", float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0)
+        return cls(name=name, architecture=model_type, **fields)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The Hugging Face `config.json` that `transformers` needs to rebuild this model."""
+        return {"model_type": self.architecture, **_TO_HF[self.architecture](self)}
+
+
+# ------------------------------------------------------------------------------------ HF config mapping
+# One small function per architecture and direction; `tests/test_config.py` checks that every named config
+# survives the round trip Config -> config.json -> Config unchanged.
+
+
+def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
+    # transformers >= 5 writes `rope_parameters`; older files have `rope_theta`/`rotary_emb_base` and `rope_scaling`
+    rope = dict(hf.get("rope_scaling") or {})
+    for key in ("rope_theta", "rotary_emb_base"):
+        if key in hf:
+            rope["rope_theta"] = hf[key]
+    rope.update(hf.get("rope_parameters") or {})
+    return rope
+
+
+def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    if hf.get("hidden_act", "silu") != "silu":
+        raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported for llama/mistral (only silu)")
+    return dict(
+        block_size=hf.get("max_position_embeddings", 2048),
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=hf["num_attention_heads"],
+        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        norm_class="RMSNorm",
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        mlp_class="swiglu",
+        attn_bias=hf.get("attention_bias", False),
+        mlp_bias=hf.get("mlp_bias", False),
+        sliding_window=hf.get("sliding_window"),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+def _llama_to_hf(c: Config) -> dict[str, Any]:
+    hf = dict(
+        architectures=["MistralForCausalLM" if c.architecture == "mistral" else "LlamaForCausalLM"],
+        max_position_embeddings=c.block_size,
+        vocab_size=c.vocab_size,
+        num_hidden_layers=c.n_layer,
+        hidden_size=c.n_embd,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.n_query_groups,
+        head_dim=c.head_size,
+        intermediate_size=c.intermediate_size,
+        hidden_act="silu",
+        rms_norm_eps=c.norm_eps,
+        attention_bias=c.attn_bias,
+        tie_word_embeddings=c.tie_embeddings,
+        rope_theta=c.rope_base,
+        rope_scaling={"type": "linear", "factor": c.rope_condense_ratio} if c.rope_condense_ratio != 1 else None,
+    )
+    if c.architecture == "mistral":
+        hf["sliding_window"] = c.sliding_window
+    else:
+        hf["mlp_bias"] = c.mlp_bias
+    return hf
+
+
+def _gpt_neox_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    rope = _rope_parameters(hf)
+    return dict(
+        block_size=hf.get("max_position_embeddings", 2048),
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=hf["num_attention_heads"],
+        intermediate_size=hf.get("intermediate_size") or 4 * hf["hidden_size"],
+        norm_class="LayerNorm",
+        norm_eps=hf.get("layer_norm_eps", 1e-5),
+        mlp_class="gelu",
+        gelu_approximate=_gelu_approximate(hf.get("hidden_act", "gelu")),
+        attn_bias=hf.get("attention_bias", True),
+        mlp_bias=True,
+        rotary_percentage=rope.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)),
+        parallel_residual=hf.get("use_parallel_residual", True),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+    )
+
+
+def _gpt_neox_to_hf(c: Config) -> dict[str, Any]:
+    return dict(
+        architectures=["GPTNeoXForCausalLM"],
+        max_position_embeddings=c.block_size,
+        vocab_size=c.vocab_size,
+        num_hidden_layers=c.n_layer,
+        hidden_size=c.n_embd,
+        num_attention_heads=c.n_head,
+        intermediate_size=c.intermediate_size,
+        layer_norm_eps=c.norm_eps,
+        hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_new",
+        attention_bias=c.attn_bias,
+        rotary_pct=c.rotary_percentage,
+        rotary_emb_base=c.rope_base,
+        use_parallel_residual=c.parallel_residual,
+        tie_word_embeddings=c.tie_embeddings,
+    )
+
+
+def _falcon_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    if hf.get("alibi", False):
+        raise UserError("Falcon with ALiBi (falcon-rw) is not supported; only rotary Falcon models are")
+    if not hf.get("parallel_attn", True):
+        raise UserError("Falcon with sequential attention (parallel_attn=false) is not supported")
+    new_decoder = hf.get("new_decoder_architecture", False)
+    multi_query = hf.get("multi_query", True)
+    n_head = hf["num_attention_heads"]
+    n_kv = hf.get("num_kv_heads") or n_head
+    if not new_decoder and not multi_query:
+        raise UserError("Falcon with multi_query=false and the old decoder layout (falcon-rw) is not supported")
+    # Falcon 40B/180B ("new decoder architecture") normalise the attention and MLP inputs separately
+    num_ln = hf.get("num_ln_in_parallel_attn") or (2 if new_decoder else 1)
+    return dict(
+        block_size=hf.get("max_position_embeddings", 2048),
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_embd=hf["hidden_size"],
+        n_head=n_head,
+        n_query_groups=n_kv if new_decoder else 1,
+        intermediate_size=hf.get("ffn_hidden_size") or 4 * hf["hidden_size"],
+        norm_class="LayerNorm",
+        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp_class="gelu",
+        attn_bias=hf.get("bias", False),
+        mlp_bias=hf.get("bias", False),
+        parallel_residual=True,
+        shared_attention_norm=num_ln == 1,
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
+
+
+def _falcon_to_hf(c: Config) -> dict[str, Any]:
+    new_decoder = c.n_query_groups != 1 or not c.shared_attention_norm
+    return dict(
+        architectures=["FalconForCausalLM"],
+        max_position_embeddings=c.block_size,
+        vocab_size=c.vocab_size,
+        num_hidden_layers=c.n_layer,
+        hidden_size=c.n_embd,
+        num_attention_heads=c.n_head,
+        num_kv_heads=c.n_query_groups,
+        new_decoder_architecture=new_decoder,
+        multi_query=c.n_query_groups == 1,
+        num_ln_in_parallel_attn=1 if c.shared_attention_norm else 2,
+        ffn_hidden_size=c.intermediate_size,
+        layer_norm_epsilon=c.norm_eps,
+        bias=c.attn_bias,
+        parallel_attn=True,
+        alibi=False,
+        rope_theta=c.rope_base,
+        tie_word_embeddings=c.tie_embeddings,
+    )
+
+
+def _gelu_approximate(act: str) -> Literal["none", "tanh"]:
+    if act in ("gelu", "gelu_python"):
+        return "none"
+    if act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
+        return "tanh"
+    raise UserError(f"hidden_act {act!r} is not supported for gpt_neox (gelu, gelu_new)")
+
+
+_FROM_HF = {"llama": _llama_from_hf, "mistral": _llama_from_hf, "gpt_neox": _gpt_neox_from_hf, "falcon": _falcon_from_hf}
+_TO_HF = {"llama": _llama_to_hf, "mistral": _llama_to_hf, "gpt_neox": _gpt_neox_to_hf, "falcon": _falcon_to_hf}
+
+
+# ------------------------------------------------------------------------------------ named configs
+# Each entry mirrors https://huggingface.co/<hf_repo_id>/blob/main/config.json. Variants (chat, instruct,
+# deduped, ...) share their base's numbers. Bases are plain dicts of the fields that differ from `Config`'s
+# defaults, so derived fields (head_size, n_query_groups) are recomputed for every shape rather than inherited.
+
+_table: dict[str, dict[str, Any]] = {}
+
+
+def _with(base: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    return {**base, **overrides}
+
+
+def _add(base: dict[str, Any], *repo_ids: str, **overrides: Any) -> None:
+    for repo_id in repo_ids:
+        name = repo_id.split("/")[-1]
+        assert name not in _table, f"duplicate config name {name}"
+        _table[name] = _with(base, name=name, hf_repo_id=repo_id, **overrides)
+
+
+# Llama 2 (https://huggingface.co/meta-llama)
+_llama2_7b = dict(block_size=4096, n_layer=32, n_embd=4096, n_head=32, intermediate_size=11008)
+_llama2_13b = _with(_llama2_7b, n_layer=40, n_embd=5120, n_head=40, intermediate_size=13824)
+_llama2_70b = _with(_llama2_7b, n_layer=80, n_embd=8192, n_head=64, n_query_groups=8, intermediate_size=28672)
+for _size, _base in (("7b", _llama2_7b), ("13b", _llama2_13b), ("70b", _llama2_70b)):
+    _add(_base, f"meta-llama/Llama-2-{_size}-hf", f"meta-llama/Llama-2-{_size}-chat-hf")
+_add(_llama2_70b, "stabilityai/FreeWilly2")
+
+# LLaMA 1 shapes (OpenLLaMA, Vicuna v1.3, LongChat, Platypus-30B): 2048 context, eps 1e-6
+_llama1_7b = _with(_llama2_7b, block_size=2048, norm_eps=1e-6)
+_llama1_13b = _with(_llama2_13b, block_size=2048, norm_eps=1e-6)
+_llama1_33b = _with(_llama1_7b, n_layer=60, n_embd=6656, n_head=52, intermediate_size=17920)
+
+# OpenLLaMA (https://huggingface.co/openlm-research)
+_add(_with(_llama1_7b, n_layer=26, n_embd=3200, n_head=32, intermediate_size=8640),
+     "openlm-research/open_llama_3b", "openlm-research/open_llama_3b_v2")
+_add(_llama1_7b, "openlm-research/open_llama_7b", "openlm-research/open_llama_7b_v2")
+_add(_llama1_13b, "openlm-research/open_llama_13b")
+
+# Vicuna (https://huggingface.co/lmsys): v1.3 on LLaMA 1, v1.5 on Llama 2 (16k: linear RoPE x4)
+_add(_llama1_7b, "lmsys/vicuna-7b-v1.3")
+_add(_llama1_13b, "lmsys/vicuna-13b-v1.3")
+_add(_llama1_33b, "lmsys/vicuna-33b-v1.3")
+_add(_llama2_7b, "lmsys/vicuna-7b-v1.5")
+_add(_llama2_13b, "lmsys/vicuna-13b-v1.5")
+_add(_with(_llama2_7b, block_size=16384, rope_condense_ratio=4.0), "lmsys/vicuna-7b-v1.5-16k")
+_add(_with(_llama2_13b, block_size=16384, rope_condense_ratio=4.0), "lmsys/vicuna-13b-v1.5-16k")
+
+# LongChat (https://huggingface.co/lmsys): LLaMA 1 with condensed RoPE (positions / 8) for 16k context
+_add(_with(_llama1_7b, block_size=16384, rope_condense_ratio=8.0), "lmsys/longchat-7b-16k")
+_add(_with(_llama1_13b, block_size=16384, rope_condense_ratio=8.0), "lmsys/longchat-13b-16k")
+
+# Platypus (https://huggingface.co/garage-bAInd)
+_add(_llama1_33b, "garage-bAInd/Platypus-30B")
+_add(_llama2_7b, "garage-bAInd/Platypus2-7B")
+_add(_llama2_13b, "garage-bAInd/Platypus2-13B", "garage-bAInd/Camel-Platypus2-13B", "garage-bAInd/Stable-Platypus2-13B")
+_add(_llama2_70b, "garage-bAInd/Platypus2-70B", "garage-bAInd/Camel-Platypus2-70B", "garage-bAInd/Platypus2-70B-instruct")
+
+# Nous-Hermes (https://huggingface.co/NousResearch)
+_add(_with(_llama1_13b, vocab_size=32001), "NousResearch/Nous-Hermes-13b")
+_add(_llama2_7b, "NousResearch/Nous-Hermes-llama-2-7b")
+_add(_llama2_13b, "NousResearch/Nous-Hermes-Llama2-13b")
+_add(_llama2_70b, "NousResearch/Nous-Hermes-Llama2-70b")
+
+# Code Llama (https://huggingface.co/codellama): RoPE base 1e6, 16k context
+for _size, _base, _vocab in (("7b", _llama2_7b, 32016), ("13b", _llama2_13b, 32016),
+                             ("34b", _with(_llama2_70b, n_layer=48, intermediate_size=22016), 32000)):
+    for _variant in ("", "-Python", "-Instruct"):
+        _add(_with(_base, block_size=16384, rope_base=1e6, vocab_size=_vocab), f"codellama/CodeLlama-{_size}{_variant}-hf")
+
+# Mistral (https://huggingface.co/mistralai): GQA and a 4096-token sliding window
+_add(dict(architecture="mistral", block_size=32768, n_layer=32, n_embd=4096, n_head=32, n_query_groups=8,
+            intermediate_size=14336, sliding_window=4096),
+     "mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1")
+
+# SmolLM2 (https://huggingface.co/HuggingFaceTB): GQA, tied embeddings, 8k context
+_smollm2 = dict(block_size=8192, vocab_size=49152, rope_base=100000.0, tie_embeddings=True)
+for _size, _shape in (("135M", dict(n_layer=30, n_embd=576, n_head=9, n_query_groups=3, intermediate_size=1536)),
+                      ("360M", dict(n_layer=32, n_embd=960, n_head=15, n_query_groups=5, intermediate_size=2560)),
+                      ("1.7B", dict(n_layer=24, n_embd=2048, n_head=32, n_query_groups=32, intermediate_size=8192,
+                                    rope_base=130000.0))):
+    _add(_with(_smollm2, **_shape), f"HuggingFaceTB/SmolLM2-{_size}", f"HuggingFaceTB/SmolLM2-{_size}-Instruct")
+
+# GPT-NeoX family: LayerNorm, GELU MLP, biases, partial rotary, parallel residual
+_neox = dict(architecture="gpt_neox", block_size=2048, vocab_size=50304, norm_class="LayerNorm", mlp_class="gelu",
+               attn_bias=True, mlp_bias=True, rotary_percentage=0.25, parallel_residual=True)
+
+# Pythia (https://huggingface.co/EleutherAI)
+for _size, (_layers, _embd, _heads, _vocab) in {
+    "14m": (6, 128, 4, 50304), "31m": (6, 256, 8, 50304), "70m": (6, 512, 8, 50304), "160m": (12, 768, 12, 50304),
+    "410m": (24, 1024, 16, 50304), "1b": (16, 2048, 8, 50304), "1.4b": (24, 2048, 16, 50304),
+    "2.8b": (32, 2560, 32, 50304), "6.9b": (32, 4096, 32, 50432), "12b": (36, 5120, 40, 50688),
+}.items():
+    _base = _with(_neox, n_layer=_layers, n_embd=_embd, n_head=_heads, intermediate_size=4 * _embd, vocab_size=_vocab)
+    _add(_base, f"EleutherAI/pythia-{_size}")
+    if _size not in ("14m", "31m"):  # the two smallest were released without deduped twins
+        _add(_base, f"EleutherAI/pythia-{_size}-deduped")
+
+# RedPajama-INCITE (https://huggingface.co/togethercomputer): sequential residual, full rotary
+_incite = _with(_neox, vocab_size=50432, rotary_percentage=1.0, parallel_residual=False, n_layer=32)
+_incite_3b = _with(_incite, n_embd=2560, n_head=32, intermediate_size=10240)
+_incite_7b = _with(_incite, n_embd=4096, n_head=32, intermediate_size=16384)
+for _kind in ("Base", "Chat", "Instruct"):
+    _add(_incite_3b, f"togethercomputer/RedPajama-INCITE-{_kind}-3B-v1")
+    _add(_incite_7b, f"togethercomputer/RedPajama-INCITE-7B-{_kind}")
+
+# StableLM alpha (https://huggingface.co/stabilityai)
+_stablelm_3b = _with(_neox, block_size=4096, vocab_size=50688, n_layer=16, n_embd=4096, n_head=32, intermediate_size=16384)
+_stablelm_7b = _with(_neox, block_size=4096, vocab_size=50432, n_layer=16, n_embd=6144, n_head=48, intermediate_size=24576)
+_add(_stablelm_3b, "stabilityai/stablelm-base-alpha-3b", "stabilityai/stablelm-tuned-alpha-3b")
+_add(_stablelm_7b, "stabilityai/stablelm-base-alpha-7b", "stabilityai/stablelm-tuned-alpha-7b")
+
+# StableCode (https://huggingface.co/stabilityai): 3B GPT-NeoX, 16k (completion) or 4k context
+_stablecode = _with(_neox, vocab_size=49152, n_layer=32, n_embd=2560, n_head=32, intermediate_size=10240)
+_add(_with(_stablecode, block_size=16384), "stabilityai/stablecode-completion-alpha-3b")
+_add(_with(_stablecode, block_size=4096), "stabilityai/stablecode-completion-alpha-3b-4k",
+     "stabilityai/stablecode-instruct-alpha-3b")
+
+# Falcon (https://huggingface.co/tiiuae): parallel residual, GELU, tied embeddings; 7B is MQA with one shared
+# norm, 40B/180B are the "new decoder architecture" (8 KV groups, separate attention and MLP norms)
+_falcon = dict(architecture="falcon", block_size=2048, vocab_size=65024, norm_class="LayerNorm", mlp_class="gelu",
+                 parallel_residual=True, tie_embeddings=True)
+_add(_with(_falcon, n_layer=32, n_embd=4544, n_head=71, n_query_groups=1, intermediate_size=18176,
+             shared_attention_norm=True), "tiiuae/falcon-7b", "tiiuae/falcon-7b-instruct")
+_add(_with(_falcon, n_layer=60, n_embd=8192, n_head=128, n_query_groups=8, intermediate_size=32768),
+     "tiiuae/falcon-40b", "tiiuae/falcon-40b-instruct")
+_add(_with(_falcon, n_layer=80, n_embd=14848, n_head=232, n_query_groups=8, intermediate_size=59392),
+     "tiiuae/falcon-180B", "tiiuae/falcon-180B-chat")
+
+name_to_config: dict[str, Config] = {name: Config(**fields) for name, fields in _table.items()}
+configs: list[Config] = list(name_to_config.values())

@@ -1,0 +1,280 @@
+"""Checkpoint conversion between Hugging Face folders and ours, in both directions.
+
+Our checkpoint folder = the original Hugging Face files + `lit_config.json` + `lit_model.safetensors`.
+Weight names follow `lit_gpt.model`; Hugging Face names are mapped per architecture below. Fused QKV
+matrices (GPT-NeoX, Falcon) are split into our separate query/key/value on the way in and fused on the
+way out. All three fused layouts are one grouped layout (rows ordered by KV group):
+
+    (n_query_groups, q_per_kv + 2, head_size, n_embd):   group g = [q heads of g..., k_g, v_g]
+    GPT-NeoX MHA: q_per_kv = 1          Falcon 7B MQA: n_query_groups = 1          Falcon 40B/180B: GQA
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from tqdm import tqdm
+
+from lit_gpt.checkpoint import load_weights, save_weights
+from lit_gpt.config import Config, name_to_config
+from lit_gpt.model import GPT
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
+
+# Hugging Face module name -> ours; "{}" is the layer index. Each applies to `.weight` and `.bias`.
+# "attn.qkv" is not a module of ours: it marks a fused matrix that is split into attn.query/key/value.
+_LLAMA = {
+    "model.embed_tokens": "embed",
+    "model.layers.{}.input_layernorm": "blocks.{}.norm_1",
+    "model.layers.{}.self_attn.q_proj": "blocks.{}.attn.query",
+    "model.layers.{}.self_attn.k_proj": "blocks.{}.attn.key",
+    "model.layers.{}.self_attn.v_proj": "blocks.{}.attn.value",
+    "model.layers.{}.self_attn.o_proj": "blocks.{}.attn.proj",
+    "model.layers.{}.post_attention_layernorm": "blocks.{}.norm_2",
+    "model.layers.{}.mlp.gate_proj": "blocks.{}.mlp.fc_1",
+    "model.layers.{}.mlp.up_proj": "blocks.{}.mlp.fc_2",
+    "model.layers.{}.mlp.down_proj": "blocks.{}.mlp.proj",
+    "model.norm": "norm",
+    "lm_head": "lm_head",
+}
+_GPT_NEOX = {
+    "gpt_neox.embed_in": "embed",
+    "gpt_neox.layers.{}.input_layernorm": "blocks.{}.norm_1",
+    "gpt_neox.layers.{}.attention.query_key_value": "blocks.{}.attn.qkv",
+    "gpt_neox.layers.{}.attention.dense": "blocks.{}.attn.proj",
+    "gpt_neox.layers.{}.post_attention_layernorm": "blocks.{}.norm_2",
+    "gpt_neox.layers.{}.mlp.dense_h_to_4h": "blocks.{}.mlp.fc_1",
+    "gpt_neox.layers.{}.mlp.dense_4h_to_h": "blocks.{}.mlp.proj",
+    "gpt_neox.final_layer_norm": "norm",
+    "embed_out": "lm_head",
+}
+_FALCON = {
+    "transformer.word_embeddings": "embed",
+    "transformer.h.{}.input_layernorm": "blocks.{}.norm_1",  # Falcon 7B: one norm for both branches
+    "transformer.h.{}.ln_attn": "blocks.{}.norm_1",  # Falcon 40B/180B: one norm per branch
+    "transformer.h.{}.ln_mlp": "blocks.{}.norm_2",
+    "transformer.h.{}.self_attention.query_key_value": "blocks.{}.attn.qkv",
+    "transformer.h.{}.self_attention.dense": "blocks.{}.attn.proj",
+    "transformer.h.{}.mlp.dense_h_to_4h": "blocks.{}.mlp.fc_1",
+    "transformer.h.{}.mlp.dense_4h_to_h": "blocks.{}.mlp.proj",
+    "transformer.ln_f": "norm",
+    "lm_head": "lm_head",
+}
+HF_TO_LIT = {"llama": _LLAMA, "mistral": _LLAMA, "gpt_neox": _GPT_NEOX, "falcon": _FALCON}
+
+# Tensors some Hugging Face checkpoints carry that are recomputed, not learned (old RoPE/mask buffers).
+_IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+
+def hf_to_lit_modules(config: Config) -> dict[str, str]:
+    """The module map for this config; Falcon's norm names depend on its decoder layout."""
+    mapping = HF_TO_LIT[config.architecture]
+    if config.architecture == "falcon":
+        unused = ("ln_attn", "ln_mlp") if config.shared_attention_norm else ("input_layernorm",)
+        mapping = {hf: lit for hf, lit in mapping.items() if hf.rsplit(".", 1)[-1] not in unused}
+    return mapping
+
+
+def _template(module: str) -> tuple[str, str | None]:
+    """"model.layers.3.mlp" -> ("model.layers.{}.mlp", "3"); names without a layer index come back unchanged."""
+    layer = _LAYER.search(module)
+    return (_LAYER.sub(".{}.", module, count=1), layer.group(1)) if layer else (module, None)
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+)
+
+
+# ------------------------------------------------------------------------------------ fused QKV
+
+
+def split_qkv(qkv: torch.Tensor, config: Config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split a fused (grouped) QKV weight or bias into query, key and value (see the module docstring)."""
+    ng, hs = config.n_query_groups, config.head_size
+    q_per_kv = config.n_head // ng
+    grouped = qkv.unflatten(0, (ng, q_per_kv + 2, hs))  # (ng, q_per_kv + 2, hs[, n_embd])
+    q = grouped[:, :q_per_kv].flatten(0, 2)  # (n_head * hs[, n_embd])
+    k = grouped[:, -2].flatten(0, 1)  # (ng * hs[, n_embd])
+    v = grouped[:, -1].flatten(0, 1)
+    return q.clone(), k.clone(), v.clone()
+
+
+def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) -> torch.Tensor:
+    """Inverse of `split_qkv`."""
+    ng, hs = config.n_query_groups, config.head_size
+    q_per_kv = config.n_head // ng
+    grouped = torch.cat(
+        (q.unflatten(0, (ng, q_per_kv, hs)), k.unflatten(0, (ng, 1, hs)), v.unflatten(0, (ng, 1, hs))), dim=1
+    )  # (ng, q_per_kv + 2, hs[, n_embd])
+    return grouped.flatten(0, 2)
+
+
+# ------------------------------------------------------------------------------------ HF -> ours
+
+
+def config_from_hf_checkpoint(checkpoint_dir: Path, model_name: str | None = None) -> Config:
+    """The config for converting `checkpoint_dir`: the named one if `model_name` is given, else derived from
+    the folder's `config.json` (so finetunes, merges and tiny test models convert too)."""
+    if model_name:
+        return Config.from_name(model_name)
+    hf_config = checkpoint_dir / "config.json"
+    if not hf_config.is_file():
+        return Config.from_name(checkpoint_dir.name)
+    config = Config.from_hf_config(read_json(hf_config), name=checkpoint_dir.name, source=str(hf_config))
+    named = name_to_config.get(checkpoint_dir.name)
+    if named is not None:
+        config = Config(**{**config.__dict__, "hf_repo_id": named.hf_repo_id})
+    return config
+
+
+def hf_weight_files(checkpoint_dir: Path) -> list[Path]:
+    """The weight shards of a Hugging Face folder: safetensors preferred, `.bin` otherwise."""
+    for index_name, pattern in (("model.safetensors.index.json", "model*.safetensors"),
+                                ("pytorch_model.bin.index.json", "pytorch_model*.bin")):
+        index = checkpoint_dir / index_name
+        if index.is_file():
+            shards = sorted(set(read_json(index)["weight_map"].values()))
+            missing = [s for s in shards if not (checkpoint_dir / s).is_file()]
+            if missing:
+                raise UserError(f"{index} lists shards that are not in the folder: {missing}; re-run the download")
+            return [checkpoint_dir / s for s in shards]
+        files = sorted(checkpoint_dir.glob(pattern))
+        if files:
+            return files
+    raise UserError(
+        f"{checkpoint_dir} has no Hugging Face weights (model*.safetensors or pytorch_model*.bin). "
+        f"Download them with `python scripts/download.py --repo_id ORG/NAME`"
+    )
+
+
+def _iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) one tensor at a time, so memory holds one input tensor beside the output."""
+    for path in tqdm(files, desc="shards", unit="file", disable=len(files) == 1):
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            # `.bin` files are pickles: weights_only refuses anything but tensors; mmap avoids reading it all at once
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            for name in list(state):
+                yield name, state.pop(name)
+
+
+def convert_hf_state(
+    tensors: Iterator[tuple[str, torch.Tensor]], config: Config, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """Map Hugging Face tensors to our names; refuse unknown, missing or mis-shaped tensors with one clear line."""
+    mapping = hf_to_lit_modules(config)
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for hf_name, tensor in tensors:
+        if _IGNORED.search(hf_name):
+            continue
+        module, _, param = hf_name.rpartition(".")
+        template, layer = _template(module)
+        lit_module = mapping.get(template)
+        if lit_module is None:
+            unknown.append(hf_name)
+            continue
+        if lit_module == "lm_head" and config.tie_embeddings:
+            continue  # tied: the embedding matrix is the head
+        lit_module = lit_module.format(layer)
+        if dtype is not None:
+            tensor = tensor.to(dtype)
+        if lit_module.endswith(".qkv"):
+            prefix = lit_module[: -len("qkv")]
+            for part, t in zip(("query", "key", "value"), split_qkv(tensor, config)):
+                out[f"{prefix}{part}.{param}"] = t
+        else:
+            out[f"{lit_module}.{param}"] = tensor
+    if unknown:
+        raise UserError(
+            f"{len(unknown)} tensors do not belong to a {config.architecture} model with this config, e.g. "
+            f"{unknown[:3]}; is config.json from the same checkpoint?"
+        )
+    check_state_dict(out, config)
+    return out
+
+
+def expected_shapes(config: Config) -> dict[str, torch.Size]:
+    """Names and shapes of the weights we store for `config` (a tied head is stored once, as the embedding)."""
+    with torch.device("meta"):
+        model = GPT(config)
+    return {name: p.shape for name, p in model.state_dict(keep_vars=False).items()
+            if not (config.tie_embeddings and name == "lm_head.weight")}
+
+
+def check_state_dict(state: dict[str, torch.Tensor], config: Config) -> None:
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UserError(f"weights do not match the config {config.name!r}: missing {missing[:5]}, unexpected {extra[:5]}")
+    wrong = [f"{n}: {tuple(state[n].shape)} != {tuple(s)}" for n, s in expected.items() if state[n].shape != s]
+    if wrong:
+        raise UserError(f"weights do not match the config {config.name!r}: {wrong[:3]}; check config.json or --model_name")
+
+
+def convert_hf_checkpoint(
+    checkpoint_dir: Path, model_name: str | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Convert a Hugging Face folder in place: adds `lit_config.json` and `lit_model.safetensors`."""
+    if not checkpoint_dir.is_dir():
+        raise UserError(f"{checkpoint_dir} is not a folder. Download a model first: python scripts/download.py --repo_id ORG/NAME")
+    config = config_from_hf_checkpoint(checkpoint_dir, model_name)
+    state = convert_hf_state(_iter_hf_tensors(hf_weight_files(checkpoint_dir)), config, dtype)
+    save_weights(state, checkpoint_dir / LIT_WEIGHTS_NAME)
+    config.save(checkpoint_dir)
+    return checkpoint_dir / LIT_WEIGHTS_NAME
+
+
+# ------------------------------------------------------------------------------------ ours -> HF
+
+
+def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face names (fusing query/key/value where the architecture fuses them)."""
+    reverse = {lit: hf for hf, lit in hf_to_lit_modules(config).items()}
+    fused = "blocks.{}.attn.qkv" in reverse
+    out = {}
+    for name, tensor in state.items():
+        module, _, param = name.rpartition(".")
+        template, layer = _template(module)
+        if fused and template in ("blocks.{}.attn.query", "blocks.{}.attn.key", "blocks.{}.attn.value"):
+            if not template.endswith("query"):
+                continue  # fused together with the query below
+            prefix = module[: -len("query")]
+            tensor = fuse_qkv(*(state[f"{prefix}{part}.{param}"] for part in ("query", "key", "value")), config)
+            template = "blocks.{}.attn.qkv"
+        out[f"{reverse[template].format(layer)}.{param}"] = tensor
+    return out
+
+
+def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path) -> Path:
+    """Write a Hugging Face folder (config.json, model.safetensors, tokenizer and generation files) that
+    `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` loads."""
+    config = Config.from_checkpoint(checkpoint_dir)
+    state = load_weights(checkpoint_dir)
+    check_state_dict(state, config)
+    hf_state = lit_to_hf_state(state, config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(hf_state, output_dir / "model.safetensors")
+
+    hf_config = config.to_hf_config()
+    hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    generation = checkpoint_dir / "generation_config.json"
+    if generation.is_file():
+        # token ids live in both files in Hugging Face folders; keep them in agreement
+        for key, value in read_json(generation).items():
+            if key.endswith("_token_id"):
+                hf_config[key] = value
+    atomic_write_json(output_dir / "config.json", hf_config)
+    for name in TOKENIZER_FILES + ("generation_config.json",):
+        if (checkpoint_dir / name).is_file() and checkpoint_dir.resolve() != output_dir.resolve():
+            shutil.copyfile(checkpoint_dir / name, output_dir / name)
+    return output_dir

@@ -1,0 +1,88 @@
+"""Small pieces every script shares: the CLI entry, user-facing errors, checkpoint paths, atomic writes."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+# Fixed file names inside a converted checkpoint folder (documented once, in the README).
+LIT_CONFIG_NAME = "lit_config.json"
+LIT_WEIGHTS_NAME = "lit_model.safetensors"
+
+
+class UserError(Exception):
+    """A mistake the user can fix. Scripts print it as one line (no traceback) and exit with status 1.
+
+    The message names the file/row/field at fault and says what to do about it.
+    """
+
+
+def cli(function: Callable[..., Any], **kwargs: Any) -> Any:
+    """Run `function` as a jsonargparse CLI: its signature and docstring become the flags and `--help`."""
+    from jsonargparse import CLI
+
+    try:
+        return CLI(function, as_positional=False, **kwargs)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def resolve_checkpoint_dir(checkpoint_dir: Path | str, root: Path | str = "checkpoints") -> Path:
+    """Accept both `checkpoints/ORG/NAME` and the bare repo id `ORG/NAME`.
+
+    The walkthrough users follow passes `--checkpoint_dir meta-llama/Llama-2-7b-hf` right after downloading
+    into `checkpoints/meta-llama/Llama-2-7b-hf`; the bare form means the latter when only that one exists.
+    """
+    path = Path(checkpoint_dir)
+    if path.is_dir() or path.is_absolute():
+        return path
+    candidate = Path(root) / path
+    return candidate if candidate.is_dir() else path
+
+
+def require_dir(path: Path, what: str, hint: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{what} {str(path)!r} does not exist. {hint}")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.
+
+    A killed or failing run therefore never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: Path | str, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file, turning a parse error into a one-line message that names the file and line."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); re-save the file as UTF-8") from None
