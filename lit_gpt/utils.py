@@ -86,3 +86,29 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); re-save the file as UTF-8") from None
+
+
+PRECISIONS = ("32-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed")
+
+
+def default_precision() -> str:
+    """bf16 weights on GPUs that support them; float32 elsewhere (CPU bf16 matmuls are slow and lossy)."""
+    import torch
+
+    return "bf16-true" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def precision_dtype(precision: str) -> "torch.dtype":
+    """The dtype weights are held in under a Fabric precision setting ("-mixed" keeps float32 weights)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,80 @@
+"""Generate text from a converted checkpoint: the smallest end-to-end use of a model.
+
+    python generate/base.py --checkpoint_dir checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct \
+        --prompt "What is the capital of France?" --chat true --top_k 1
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout, no install needed
+
+import torch
+
+from lit_gpt.checkpoint import load_model
+from lit_gpt.generate import generate_tokens
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+
+
+def main(
+    checkpoint_dir: Path,
+    prompt: str = "What food do llamas eat?",
+    chat: bool = False,
+    max_new_tokens: int = 50,
+    temperature: float = 0.8,
+    top_k: int | None = 200,
+    num_samples: int = 1,
+    precision: str | None = None,
+    seed: int = 1234,
+) -> list[str]:
+    """Sample continuations of a prompt with the KV cache, stopping at the tokenizer's EOS.
+
+    Args:
+        checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
+        prompt: The text to continue.
+        chat: Wrap the prompt as one user turn in the tokenizer's chat template (for instruction-tuned models).
+        max_new_tokens: How many tokens to generate at most.
+        temperature: Sampling temperature; 0 is greedy.
+        top_k: Sample among the k most likely tokens only; 1 is greedy.
+        num_samples: How many independent samples to draw.
+        precision: Lightning Fabric precision: 32-true, bf16-true, 16-true, bf16-mixed or 16-mixed
+            (default: bf16-true on a GPU that supports it, else 32-true).
+        seed: Random seed for sampling.
+    """
+    import lightning as L
+
+    checkpoint_dir = require_dir(
+        resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder",
+        "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME",
+    )
+    precision = precision or default_precision()
+    fabric = L.Fabric(devices=1, precision=precision)
+    fabric.seed_everything(seed, verbose=False)
+    tokenizer = Tokenizer(checkpoint_dir)
+    t0 = time.perf_counter()
+    model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision)).eval()
+    print(f"Loaded {checkpoint_dir} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True) if chat else prompt
+    # a chat template already spells out its own special tokens
+    ids = torch.tensor(tokenizer.encode(text, bos=False if chat else None), device=fabric.device)
+    outputs = []
+    for _ in range(num_samples):
+        t0 = time.perf_counter()
+        with fabric.autocast():  # a no-op except for the "-mixed" precisions
+            new = list(generate_tokens(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                       eos_id=tokenizer.eos_id))
+        elapsed = time.perf_counter() - t0
+        if new and new[-1] == tokenizer.eos_id:
+            new = new[:-1]
+        outputs.append(tokenizer.decode(new, skip_special_tokens=True))
+        print(outputs[-1])
+        print(f"Generated {len(new)} tokens in {elapsed:.2f}s ({len(new) / elapsed:.1f} tokens/s)", file=sys.stderr)
+    if fabric.device.type == "cuda":
+        print(f"Peak GPU memory: {torch.cuda.max_memory_allocated() / 1e9:.2f} GB", file=sys.stderr)
+    return outputs
+
+
+if __name__ == "__main__":
+    cli(main)
