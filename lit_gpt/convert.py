@@ -10,13 +10,13 @@ way out. All three fused layouts are one grouped layout (rows ordered by KV grou
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from tqdm import tqdm
 
 from lit_gpt.checkpoint import load_weights, save_weights
@@ -156,14 +156,41 @@ def _iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) one tensor at a time, so memory holds one input tensor beside the output."""
     for path in tqdm(files, desc="shards", unit="file", disable=len(files) == 1):
         if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():
-                    yield name, f.get_tensor(name)
+            yield from read_safetensors(path)
         else:
             # `.bin` files are pickles: weights_only refuses anything but tensors; mmap avoids reading it all at once
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             for name in list(state):
                 yield name, state.pop(name)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield the tensors of a safetensors file one at a time, read with plain file reads.
+
+    `safe_open` memory-maps the file, and every mapped page it touches stays in this process's resident set
+    until the file is closed, so converting would hold the input and the output at once. Reading each
+    tensor into its own buffer keeps the peak near the size of the output.
+    """
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        data_start = 8 + header_len
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which conversion does not support")
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            f.seek(data_start + begin)
+            if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
+                raise UserError(f"{path} is truncated (tensor {name}); delete it and download again")
+            yield name, tensor
 
 
 def convert_hf_state(
