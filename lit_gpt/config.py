@@ -23,7 +23,8 @@ class Config:
     hf_repo_id: str = ""
     architecture: Architecture = "llama"
 
-    block_size: int = 4096  # longest context the model was trained for (HF `max_position_embeddings`)
+    # longest context the model was trained for: HF `max_position_embeddings`, times the linear RoPE factor if any
+    block_size: int = 4096
     vocab_size: int = 32000  # rows of the embedding (may exceed the tokenizer's vocabulary: padding)
     n_layer: int = 32
     n_embd: int = 4096
@@ -120,11 +121,17 @@ class Config:
             raise UserError(f"{source}: RoPE scaling {rope_type!r} is not supported (only default and linear)")
         fields.setdefault("rope_base", float(rope.get("rope_theta", 10000.0)))
         fields.setdefault("rope_condense_ratio", float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0)
+        # linear RoPE scaling stretches the trained positions: LongChat's 2048 x 8 is a 16k context
+        fields["block_size"] = int(hf.get("max_position_embeddings", 2048) * fields["rope_condense_ratio"])
         return cls(name=name, architecture=model_type, **fields)
 
     def to_hf_config(self) -> dict[str, Any]:
         """The Hugging Face `config.json` that `transformers` needs to rebuild this model."""
-        return {"model_type": self.architecture, **_TO_HF[self.architecture](self)}
+        return {
+            "model_type": self.architecture,
+            "max_position_embeddings": int(self.block_size / self.rope_condense_ratio),
+            **_TO_HF[self.architecture](self),
+        }
 
 
 # ------------------------------------------------------------------------------------ HF config mapping
@@ -146,7 +153,6 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if hf.get("hidden_act", "silu") != "silu":
         raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported for llama/mistral (only silu)")
     return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
         vocab_size=hf["vocab_size"],
         n_layer=hf["num_hidden_layers"],
         n_embd=hf["hidden_size"],
@@ -167,7 +173,6 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def _llama_to_hf(c: Config) -> dict[str, Any]:
     hf = dict(
         architectures=["MistralForCausalLM" if c.architecture == "mistral" else "LlamaForCausalLM"],
-        max_position_embeddings=c.block_size,
         vocab_size=c.vocab_size,
         num_hidden_layers=c.n_layer,
         hidden_size=c.n_embd,
@@ -192,7 +197,6 @@ def _llama_to_hf(c: Config) -> dict[str, Any]:
 def _gpt_neox_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     rope = _rope_parameters(hf)
     return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
         vocab_size=hf["vocab_size"],
         n_layer=hf["num_hidden_layers"],
         n_embd=hf["hidden_size"],
@@ -213,7 +217,6 @@ def _gpt_neox_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def _gpt_neox_to_hf(c: Config) -> dict[str, Any]:
     return dict(
         architectures=["GPTNeoXForCausalLM"],
-        max_position_embeddings=c.block_size,
         vocab_size=c.vocab_size,
         num_hidden_layers=c.n_layer,
         hidden_size=c.n_embd,
@@ -243,7 +246,6 @@ def _falcon_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     # Falcon 40B/180B ("new decoder architecture") normalise the attention and MLP inputs separately
     num_ln = hf.get("num_ln_in_parallel_attn") or (2 if new_decoder else 1)
     return dict(
-        block_size=hf.get("max_position_embeddings", 2048),
         vocab_size=hf["vocab_size"],
         n_layer=hf["num_hidden_layers"],
         n_embd=hf["hidden_size"],
@@ -265,7 +267,6 @@ def _falcon_to_hf(c: Config) -> dict[str, Any]:
     new_decoder = c.n_query_groups != 1 or not c.shared_attention_norm
     return dict(
         architectures=["FalconForCausalLM"],
-        max_position_embeddings=c.block_size,
         vocab_size=c.vocab_size,
         num_hidden_layers=c.n_layer,
         hidden_size=c.n_embd,
@@ -334,7 +335,9 @@ _add(_with(_llama1_7b, n_layer=26, n_embd=3200, n_head=32, intermediate_size=864
 _add(_llama1_7b, "openlm-research/open_llama_7b", "openlm-research/open_llama_7b_v2")
 _add(_llama1_13b, "openlm-research/open_llama_13b")
 
-# Vicuna (https://huggingface.co/lmsys): v1.3 on LLaMA 1, v1.5 on Llama 2 (16k: linear RoPE x4)
+# Vicuna (https://huggingface.co/lmsys): v1.3 on LLaMA 1, v1.5 on Llama 2. The 16k models keep Llama 2's
+# max_position_embeddings (4096) in config.json and reach 16k through linear RoPE scaling x4 (`rope_scaling`),
+# so block_size = 4096 x 4
 _add(_llama1_7b, "lmsys/vicuna-7b-v1.3")
 _add(_llama1_13b, "lmsys/vicuna-13b-v1.3")
 _add(_llama1_33b, "lmsys/vicuna-33b-v1.3")
@@ -343,7 +346,8 @@ _add(_llama2_13b, "lmsys/vicuna-13b-v1.5")
 _add(_with(_llama2_7b, block_size=16384, rope_condense_ratio=4.0), "lmsys/vicuna-7b-v1.5-16k")
 _add(_with(_llama2_13b, block_size=16384, rope_condense_ratio=4.0), "lmsys/vicuna-13b-v1.5-16k")
 
-# LongChat (https://huggingface.co/lmsys): LLaMA 1 with condensed RoPE (positions / 8) for 16k context
+# LongChat (https://huggingface.co/lmsys): LLaMA 1 with condensed RoPE (positions / 8) for 16k context; config.json
+# keeps max_position_embeddings 2048 (16384 is only in its non-standard `max_sequence_length`): 2048 x 8
 _add(_with(_llama1_7b, block_size=16384, rope_condense_ratio=8.0), "lmsys/longchat-7b-16k")
 _add(_with(_llama1_13b, block_size=16384, rope_condense_ratio=8.0), "lmsys/longchat-13b-16k")
 
@@ -356,13 +360,15 @@ _add(_llama2_70b, "garage-bAInd/Platypus2-70B", "garage-bAInd/Camel-Platypus2-70
 # Nous-Hermes (https://huggingface.co/NousResearch)
 _add(_with(_llama1_13b, vocab_size=32001), "NousResearch/Nous-Hermes-13b")
 _add(_llama2_7b, "NousResearch/Nous-Hermes-llama-2-7b")
-_add(_llama2_13b, "NousResearch/Nous-Hermes-Llama2-13b")
-_add(_llama2_70b, "NousResearch/Nous-Hermes-Llama2-70b")
+_add(_with(_llama2_13b, vocab_size=32032), "NousResearch/Nous-Hermes-Llama2-13b")
+_add(_with(_llama2_70b, vocab_size=32001), "NousResearch/Nous-Hermes-Llama2-70b")
 
-# Code Llama (https://huggingface.co/codellama): RoPE base 1e6, 16k context
-for _size, _base, _vocab in (("7b", _llama2_7b, 32016), ("13b", _llama2_13b, 32016),
-                             ("34b", _with(_llama2_70b, n_layer=48, intermediate_size=22016), 32000)):
+# Code Llama (https://huggingface.co/codellama): RoPE base 1e6, 16k context. 7B/13B base and Instruct add 16
+# infilling tokens (32016 rows); the Python variants and every 34B model keep 32000
+for _size, _base, _infill in (("7b", _llama2_7b, True), ("13b", _llama2_13b, True),
+                              ("34b", _with(_llama2_70b, n_layer=48, intermediate_size=22016), False)):
     for _variant in ("", "-Python", "-Instruct"):
+        _vocab = 32016 if _infill and _variant != "-Python" else 32000
         _add(_with(_base, block_size=16384, rope_base=1e6, vocab_size=_vocab), f"codellama/CodeLlama-{_size}{_variant}-hf")
 
 # Mistral (https://huggingface.co/mistralai): GQA and a 4096-token sliding window
@@ -389,9 +395,7 @@ for _size, (_layers, _embd, _heads, _vocab) in {
     "2.8b": (32, 2560, 32, 50304), "6.9b": (32, 4096, 32, 50432), "12b": (36, 5120, 40, 50688),
 }.items():
     _base = _with(_neox, n_layer=_layers, n_embd=_embd, n_head=_heads, intermediate_size=4 * _embd, vocab_size=_vocab)
-    _add(_base, f"EleutherAI/pythia-{_size}")
-    if _size not in ("14m", "31m"):  # the two smallest were released without deduped twins
-        _add(_base, f"EleutherAI/pythia-{_size}-deduped")
+    _add(_base, f"EleutherAI/pythia-{_size}", f"EleutherAI/pythia-{_size}-deduped")
 
 # RedPajama-INCITE (https://huggingface.co/togethercomputer): sequential residual, full rotary
 _incite = _with(_neox, vocab_size=50432, rotary_percentage=1.0, parallel_residual=False, n_layer=32)
