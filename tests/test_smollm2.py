@@ -27,7 +27,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Hugging Face folder `scripts/download.py` would give, made offline from the GGUF copy, then converted."""
     pytest.importorskip("gguf")
     pytest.importorskip("accelerate")
-    folder = tmp_path_factory.mktemp("checkpoints") / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
+    folder = tmp_path_factory.mktemp("smollm2") / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
     made = run_script(str(TOOL), str(folder), "--dtype", "float32")
     assert made.returncode == 0, made.stderr
     converted = run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", str(folder))
