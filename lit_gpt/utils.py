@@ -30,6 +30,9 @@ def cli(function: Callable[..., Any], **kwargs: Any) -> Any:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def resolve_checkpoint_dir(checkpoint_dir: Path | str, root: Path | str = "checkpoints") -> Path:
