@@ -1,8 +1,7 @@
 """A Hugging Face Hub look-alike on 127.0.0.1 for tests: real `huggingface_hub` clients talk to it over loopback.
 
-Usage (the `hub` fixture points `HF_ENDPOINT`, and the already-imported `huggingface_hub`, at the server)::
-
-    from hub_server import hub  # noqa: F401  (pytest fixture)
+Usage (the `hub` fixture, registered for every test file in conftest.py, points `HF_ENDPOINT`, and the
+already-imported `huggingface_hub`, at the server)::
 
     def test_x(hub):
         hub.add_repo("org/name", {"config.json": b"{}", "model.safetensors": b"..."})
