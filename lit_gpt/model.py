@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lit_gpt.config import Config
 
@@ -32,6 +33,8 @@ class GPT(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.max_seq_length = config.block_size
+        # recompute each block's activations during backward instead of storing them (training only)
+        self.activation_checkpointing = False
 
     @property
     def max_seq_length(self) -> int:
@@ -71,7 +74,10 @@ class GPT(nn.Module):
 
         x = self.embed(idx)  # (B, T, n_embd)
         for block in self.blocks:
-            x = block(x, cos, sin, mask, input_pos)
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, mask, input_pos, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, input_pos)
         return self.lm_head(self.norm(x))  # (B, T, vocab_size)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None, dtype: torch.dtype | None = None) -> None:
