@@ -65,7 +65,14 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """An `nn.Linear` with a trainable low-rank update; `weight`/`bias` are the base layer's own parameters."""
+    """An `nn.Linear` with a trainable low-rank update; `weight`/`bias` are the base layer's own parameters.
+
+    The base may also be a bitsandbytes layer made by `lit_gpt.quantize.quantize_model` (QLoRA): a 4-bit `Params4bit`
+    or an int8 `Int8Params` weight. Its product then goes through bitsandbytes as that layer computes it, the adapters
+    stay float32, and `merge`/`unmerge` dequantize, add or subtract the update and quantize again. That re-rounds the
+    whole weight: a merged quantized layer equals the unmerged one only up to the quantization error, and `unmerge`
+    does not give back the original bits.
+    """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float) -> None:
         super().__init__()
@@ -80,13 +87,38 @@ class LoRALinear(nn.Module):
         self.scaling = alpha / r
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        # "4bit" | "int8" | None, told by the weight's class name: bitsandbytes is optional and imported only for its own
+        self.quantized: str | None = {"Params4bit": "4bit", "Int8Params": "int8"}.get(type(base.weight).__name__)
+        if self.quantized == "4bit":
+            if getattr(base.weight.quant_state, "packing_format_for_cpu", False):
+                # that layout only feeds bitsandbytes' CPU inference kernel, which has no backward
+                raise UserError("this 4-bit layer was repacked for CPU inference; quantize the model with "
+                                "lit_gpt.quantize.quantize_model before applying LoRA")
+            self.compute_dtype: torch.dtype | None = base.compute_dtype
+        elif self.quantized == "int8":
+            if base.weight.CB is not None:  # what Linear8bitLt.forward does first: move CB/SCB into its matmul state
+                base.init_8bit_state()
+            self.int8_state = base.state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias)
+        out = self._quantized_base_forward(x) if self.quantized else F.linear(x, self.weight, self.bias)
         if self.merged:
             return out
         lora = F.linear(F.linear(self.dropout(x), self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype))
         return out + lora * self.scaling
+
+    def _quantized_base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        import bitsandbytes as bnb
+
+        if self.quantized == "4bit":
+            # as bnb.nn.Linear4bit.forward: compute in the layer's compute dtype, return the input's dtype
+            dtype = self.compute_dtype or x.dtype
+            bias = None if self.bias is None else self.bias.to(dtype)
+            return bnb.matmul_4bit(x.to(dtype), self.weight, bias=bias, quant_state=self.weight.quant_state).to(x.dtype)
+        # as bnb.nn.Linear8bitLt.forward: int8 x int8 in eval; in training on CPU, dequantize then matmul
+        self.int8_state.is_training = self.training
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return bnb.matmul(x, self.weight, bias=bias, state=self.int8_state)
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # (out, in)
@@ -94,14 +126,38 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         if not self.merged:
-            self.weight.add_(self.delta_weight().to(self.weight.dtype))
+            if self.quantized:
+                self._requantize_with(self.delta_weight())
+            else:
+                self.weight.add_(self.delta_weight().to(self.weight.dtype))
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged:
-            self.weight.sub_(self.delta_weight().to(self.weight.dtype))
+            if self.quantized:
+                self._requantize_with(-self.delta_weight())
+            else:
+                self.weight.sub_(self.delta_weight().to(self.weight.dtype))
             self.merged = False
+
+    def _requantize_with(self, delta: torch.Tensor) -> None:
+        """Dequantize the base weight, add `delta` (out, in), quantize again with the same settings; in place."""
+        import bitsandbytes.functional as bnbF
+
+        w = self.weight
+        if self.quantized == "4bit":
+            dense = bnbF.dequantize_4bit(w.data, w.quant_state)  # (out, in) in the dtype it was quantized from
+            dense += delta.to(dense.dtype)
+            w.data, w.quant_state = bnbF.quantize_4bit(
+                dense, blocksize=w.blocksize, compress_statistics=w.compress_statistics, quant_type=w.quant_type,
+                quant_storage=w.quant_storage,
+            )
+        else:
+            state = self.int8_state
+            dense = bnbF.int8_vectorwise_dequant(state.CB, state.SCB) + delta  # (out, in) float32
+            state.CB, state.SCB, _ = bnbF.int8_vectorwise_quant(dense.to(torch.float16))
+            w.data = state.CB
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
