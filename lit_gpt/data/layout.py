@@ -1,0 +1,124 @@
+"""The folder a prepare script writes, read back by training. No pickle: numpy arrays and JSON only.
+
+    DESTINATION/
+      meta.json               what the data was made for: tokenizer fingerprint, prompt style, mask policy,
+                              max_seq_length, source file and its sha256, counts (checked before training)
+      stats.json              the report card
+      lengths.png             histogram of prompt and response token lengths
+      train/ and test/
+        input_ids.npy         int32, all samples of the split concatenated
+        labels.npy            int32, the same length; IGNORE_INDEX (-100) where there is no loss
+        offsets.npy           int64, n + 1 entries: sample i is [offsets[i], offsets[i + 1])
+        provenance.jsonl      one line per sample, in order: source, row (0-based record index in the source
+                              file), category, turns, text_sha256, truncated (tokens cut off)
+
+The arrays are memory-mapped by `lit_gpt.data.dataset.TokenizedDataset`, so a split of any size opens instantly.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from lit_gpt.data.tokenize import Sample
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import UserError, read_json
+
+FORMAT = "lit_gpt.tokenized.v1"
+META_NAME = "meta.json"
+STATS_NAME = "stats.json"
+HISTOGRAM_NAME = "lengths.png"
+SPLITS = ("train", "test")
+INPUT_IDS_NAME = "input_ids.npy"
+LABELS_NAME = "labels.npy"
+OFFSETS_NAME = "offsets.npy"
+PROVENANCE_NAME = "provenance.jsonl"
+
+
+@dataclass
+class Split:
+    """The samples of one split, gathered flat (list.extend runs at C speed) and written by `write`."""
+
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, sample: Sample, provenance: dict[str, Any]) -> None:
+        self.input_ids += sample.input_ids
+        self.labels += sample.labels
+        self.lengths.append(len(sample.input_ids))
+        self.provenance.append(provenance)
+
+    def write(self, folder: Path) -> None:
+        folder.mkdir(parents=True)
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        np.save(folder / INPUT_IDS_NAME, np.array(self.input_ids, dtype=np.int32))
+        np.save(folder / LABELS_NAME, np.array(self.labels, dtype=np.int32))
+        np.save(folder / OFFSETS_NAME, offsets)
+        with (folder / PROVENANCE_NAME).open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in self.provenance)
+
+
+def check_destination(destination: Path) -> None:
+    """Refuse to replace anything but a folder we wrote before (or an empty one): it is deleted on success."""
+    if destination.exists() and not destination.is_dir():
+        raise UserError(f"--destination_path {destination} is a file; pass a folder path")
+    if destination.is_dir() and any(destination.iterdir()) and not (destination / META_NAME).is_file():
+        raise UserError(
+            f"--destination_path {destination} already holds files that are not prepared data (no {META_NAME}); "
+            "pass a new or empty folder"
+        )
+
+
+@contextlib.contextmanager
+def replace_dir(destination: Path) -> Iterator[Path]:
+    """Yield a new folder beside `destination`. On success it takes `destination`'s place (the old one is deleted),
+    on failure it is removed: a failing or killed run never leaves a half-written dataset under the final name."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the data folder is as readable as any other
+    try:
+        yield tmp
+        old = None
+        if destination.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+            os.replace(destination, old)
+        os.replace(tmp, destination)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_meta(data_dir: Path) -> dict[str, Any]:
+    path = Path(data_dir) / META_NAME
+    if not path.is_file():
+        raise UserError(
+            f"{data_dir} is not prepared data (no {META_NAME}); make it with a prepare script, e.g. "
+            "python scripts/prepare_lima.py --checkpoint_dir checkpoints/ORG/NAME"
+        )
+    meta = read_json(path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise UserError(f"{path}: format {found!r}, expected {FORMAT!r}; prepare the data again with this version")
+    return meta
+
+
+def check_tokenizer(data_dir: Path, meta: dict[str, Any], tokenizer: Tokenizer) -> None:
+    """Refuse data tokenized for another tokenizer: its ids would mean other tokens to this model."""
+    prepared = meta["tokenizer"]
+    if prepared["fingerprint"] != tokenizer.fingerprint:
+        raise UserError(
+            f"{data_dir} was prepared for the tokenizer of {prepared['checkpoint_dir']} (fingerprint "
+            f"{prepared['fingerprint'][:12]}), not for {tokenizer.checkpoint_dir} ({tokenizer.fingerprint[:12]}); "
+            f"prepare it again with --checkpoint_dir {tokenizer.checkpoint_dir}"
+        )

@@ -1,0 +1,160 @@
+"""Prompt styles: how a conversation becomes the text a model reads, and which parts of it the model learns to write.
+
+A style turns a conversation (one or more `Turn`s) into `Segment`s: prompt text the model only reads, and response
+text it is trained to produce. Data preparation tokenizes each segment on its own and joins the ids
+(`lit_gpt.data.tokenize`), so the prompt/response boundary is exact and the prompt ids are the ones generation feeds.
+A multi-turn conversation is one sample: earlier turns are context, and every response carries loss (or only the
+last one, with `--last_turn_only`).
+
+Styles, by `--prompt_style` name:
+- `alpaca`: the Stanford Alpaca template (Lit-GPT's default). Works with any tokenizer; every response ends in EOS.
+  A multi-turn conversation keeps the header once and repeats the instruction/response blocks::
+
+      Below is an instruction that describes a task. Write a response that appropriately completes the request.
+      <blank line>
+      ### Instruction:
+      {turn 1 instruction}
+      <blank line>
+      ### Response:
+      {turn 1 response}</s>
+      <blank line>
+      ### Instruction:
+      {turn 2 instruction}
+      ...
+
+- `chat`: the model's own chat template (`chat_template.jinja` or tokenizer_config.json), e.g. SmolLM2's ChatML.
+  Segments are the differences between renderings of growing prefixes of the conversation, so the text is exactly
+  what `apply_chat_template` gives. The user message is the instruction, plus a blank line and the input if any.
+- `auto` (the default of every prepare script): `chat` when the tokenizer has a chat template, otherwise `alpaca`.
+  A model with a chat template was instruction-tuned with it, and finetuning it on another format fights what it
+  learned; a base model (e.g. Llama-2-7b-hf in the walkthrough) has none and gets Lit-GPT's Alpaca template.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import UserError
+
+PROMPT_STYLES = ("auto", "alpaca", "chat")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One exchange: what the user asks (with Alpaca's optional `input` as context) and the response to learn."""
+
+    instruction: str
+    response: str
+    input: str = ""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of the rendered conversation. `trainable` marks response text; `eos` appends the EOS token id."""
+
+    text: str
+    trainable: bool
+    eos: bool = False
+
+
+class PromptStyle(Protocol):
+    name: str
+    bos: bool  # whether the token stream starts with BOS (chat templates write their own BOS text, if any)
+
+    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
+        """Prompt and response segments alternating, starting with a prompt; their concatenation is the sample."""
+        ...
+
+    def prompt(self, instruction: str, input: str = "") -> str:
+        """The text generation feeds the model to answer one instruction: the first segment of a single turn."""
+        ...
+
+
+class Alpaca:
+    """The Alpaca template, word for word as Lit-GPT and Stanford Alpaca use it."""
+
+    name = "alpaca"
+    HEADER = (
+        "Below is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\n\n"
+    )
+    HEADER_WITH_INPUT = (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request.\n\n"
+    )
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.bos = tokenizer.add_bos
+
+    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
+        header = self.HEADER_WITH_INPUT if any(turn.input for turn in turns) else self.HEADER
+        out = []
+        for i, turn in enumerate(turns):
+            block = f"### Instruction:\n{turn.instruction}\n\n"
+            if turn.input:
+                block += f"### Input:\n{turn.input}\n\n"
+            out.append(Segment((header if i == 0 else "\n\n") + block + "### Response:\n", trainable=False))
+            out.append(Segment(turn.response, trainable=True, eos=True))
+        return out
+
+    def prompt(self, instruction: str, input: str = "") -> str:
+        return self.segments([Turn(instruction, "", input)])[0].text
+
+
+class ChatTemplate:
+    """The tokenizer's own chat template, with user/assistant messages."""
+
+    name = "chat"
+    bos = False
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        if not tokenizer.has_chat_template:
+            raise UserError(
+                f"--prompt_style chat: {tokenizer.checkpoint_dir} has no chat template (no chat_template.jinja and "
+                "no `chat_template` in tokenizer_config.json); use --prompt_style alpaca"
+            )
+        self.tokenizer = tokenizer
+
+    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
+        messages: list[dict[str, str]] = []
+        rendered = ""
+        out = []
+        for turn in turns:
+            messages.append({"role": "user", "content": _user_content(turn)})
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            messages.append({"role": "assistant", "content": turn.response})
+            full = self.tokenizer.apply_chat_template(messages)
+            out.append(Segment(self._continuation(rendered, prompt), trainable=False))
+            out.append(Segment(self._continuation(prompt, full), trainable=True))
+            rendered = full
+        return out
+
+    def prompt(self, instruction: str, input: str = "") -> str:
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": _user_content(Turn(instruction, "", input))}], add_generation_prompt=True
+        )
+
+    def _continuation(self, prefix: str, text: str) -> str:
+        # Templates that rewrite earlier turns once a later one exists (e.g. dropping past reasoning) break this.
+        if not text.startswith(prefix):
+            raise UserError(
+                f"the chat template of {self.tokenizer.checkpoint_dir} renders earlier turns differently once a "
+                "later turn follows, so prompt and response cannot be cut apart exactly; use --prompt_style alpaca"
+            )
+        return text[len(prefix):]
+
+
+def _user_content(turn: Turn) -> str:
+    return f"{turn.instruction}\n\n{turn.input}" if turn.input else turn.instruction
+
+
+def load_prompt_style(name: str, tokenizer: Tokenizer) -> PromptStyle:
+    """The style called `name` (one of PROMPT_STYLES) for `tokenizer`; `auto` picks `chat` when it has a template."""
+    if name == "auto":
+        name = "chat" if tokenizer.has_chat_template else "alpaca"
+    if name == "alpaca":
+        return Alpaca(tokenizer)
+    if name == "chat":
+        return ChatTemplate(tokenizer)
+    raise UserError(f"--prompt_style {name!r} is not one of {', '.join(PROMPT_STYLES)}")
