@@ -1,11 +1,13 @@
 """Generate text from a converted checkpoint: the smallest end-to-end use of a model.
 
     python generate/base.py --checkpoint_dir checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct \
-        --prompt "What is the capital of France?" --chat true --top_k 1
+        --prompt "What is the capital of France?" --prompt_style chat --top_k 1
+    python generate/base.py --checkpoint_dir ... --lora_path out/lora/lit_lora.safetensors --prompt "..."
 """
 import sys
 import time
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout, no install needed
 
@@ -13,6 +15,8 @@ import torch
 
 from lit_gpt.checkpoint import load_model
 from lit_gpt.generate import generate_tokens
+from lit_gpt.lora import load_lora_into, read_lora_metadata
+from lit_gpt.prompts import load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
@@ -20,7 +24,8 @@ from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, 
 def main(
     checkpoint_dir: Path,
     prompt: str = "What food do llamas eat?",
-    chat: bool = False,
+    lora_path: Path | None = None,
+    prompt_style: Literal["raw", "alpaca", "chat", "auto"] | None = None,
     max_new_tokens: int = 50,
     temperature: float = 0.8,
     top_k: int | None = 200,
@@ -32,8 +37,12 @@ def main(
 
     Args:
         checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
-        prompt: The text to continue.
-        chat: Wrap the prompt as one user turn in the tokenizer's chat template (for instruction-tuned models).
+        prompt: The text to continue, or the instruction to answer (with a prompt style).
+        lora_path: A LoRA adapter from finetune/lora.py (`lit_lora.safetensors`) to apply to the checkpoint;
+            its rank, alpha and targets are read from the file.
+        prompt_style: How to wrap the prompt: raw (as is), alpaca (Lit-GPT's template), chat (the tokenizer's
+            chat template) or auto (chat if the tokenizer has one). Default: the style the adapter was trained
+            with when --lora_path is given, else raw.
         max_new_tokens: How many tokens to generate at most.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only; 1 is greedy.
@@ -53,12 +62,20 @@ def main(
     fabric.seed_everything(seed, verbose=False)
     tokenizer = Tokenizer(checkpoint_dir)
     t0 = time.perf_counter()
-    model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision)).eval()
-    print(f"Loaded {checkpoint_dir} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
+    if lora_path is not None:
+        load_lora_into(model, lora_path)
+        prompt_style = prompt_style or read_lora_metadata(lora_path).get("prompt_style")
+    model.eval()
+    print(f"Loaded {checkpoint_dir}{f' + {lora_path}' if lora_path else ''} in {time.perf_counter() - t0:.1f}s",
+          file=sys.stderr)
 
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True) if chat else prompt
-    # a chat template already spells out its own special tokens
-    ids = torch.tensor(tokenizer.encode(text, bos=False if chat else None), device=fabric.device)
+    if prompt_style in (None, "raw"):
+        ids = tokenizer.encode(prompt)
+    else:
+        style = load_prompt_style(prompt_style, tokenizer)  # the same text the training data was made with
+        ids = tokenizer.encode(style.prompt(prompt), bos=style.bos)
+    ids = torch.tensor(ids, device=fabric.device)
     outputs = []
     for _ in range(num_samples):
         t0 = time.perf_counter()

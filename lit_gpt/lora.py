@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,29 +183,46 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def merge_lora(model: nn.Module) -> None:
-    """Fold every adapter into its base weight (explicitly: never as a side effect of `.eval()`)."""
+    """Fold every adapter into its base weight (explicitly: never as a side effect of `.eval()`).
+
+    A weight shared with another module (a head tied to the embedding) gets its own copy first, so the update
+    does not leak into its twin; the model is then untied there.
+    """
+    owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
     for module in model.modules():
-        if isinstance(module, LoRALinear):
+        if isinstance(module, LoRALinear) and not module.merged:
+            if owners[id(module.weight)] > 1:
+                module.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)
             module.merge()
 
 
-def save_lora(model: nn.Module, config: LoRAConfig, path: Path) -> None:
-    """Write the adapter weights with their hyperparameters in the file's metadata, atomically."""
+def save_lora(model: nn.Module, config: LoRAConfig, path: Path, prompt_style: str | None = None) -> None:
+    """Write the adapter weights with their hyperparameters (and the prompt style of the training data) in the
+    file's metadata, atomically: generate, merge and export read them from there."""
     from safetensors.torch import save_file
 
     state = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
+    metadata = {"lora_config": json.dumps(dataclasses.asdict(config))}
+    if prompt_style is not None:
+        metadata["prompt_style"] = prompt_style
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"lora_config": json.dumps(dataclasses.asdict(config))})
+        save_file(state, str(tmp), metadata=metadata)
 
 
-def load_lora(path: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
-    """The hyperparameters and weights of an adapter written by `save_lora`."""
+def read_lora_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise UserError(f"{path} not found: pass the adapter written by finetune/lora.py (its out_dir/{LORA_WEIGHTS_NAME})")
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata() or {}
-        if "lora_config" not in metadata:
-            raise UserError(f"{path} has no LoRA hyperparameters in its metadata; was it written by finetune/lora.py?")
+    if "lora_config" not in metadata:
+        raise UserError(f"{path} has no LoRA hyperparameters in its metadata; was it written by finetune/lora.py?")
+    return metadata
+
+
+def load_lora(path: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """The hyperparameters and weights of an adapter written by `save_lora`."""
+    metadata = read_lora_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
         state = {name: f.get_tensor(name) for name in f.keys()}
     return LoRAConfig(**json.loads(metadata["lora_config"])), state
 

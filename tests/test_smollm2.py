@@ -38,7 +38,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_generate_answers_paris(smollm2: Path) -> None:
     result = run_script("generate/base.py", "--checkpoint_dir", str(smollm2), "--prompt",
-                        "What is the capital of France?", "--chat", "true", "--top_k", "1", "--max_new_tokens", "20")
+                        "What is the capital of France?", "--prompt_style", "chat", "--top_k", "1", "--max_new_tokens", "20")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     # stopped at EOS (<|im_end|>) well before the token limit

@@ -1,0 +1,335 @@
+"""LoRA finetuning of a converted checkpoint on data prepared by `scripts/prepare_*.py`.
+
+    python finetune/lora.py --checkpoint_dir checkpoints/meta-llama/Llama-2-7b-hf --data_dir data/lima
+
+Every hyperparameter below is the default of a command-line flag of the same name (`--help` lists them);
+edit them here or override them with flags or a YAML file (`--config my.yaml`, keys as the flags).
+"""
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout, no install needed
+
+import torch
+
+from lit_gpt.batching import EpochStream, micro_batches, pad_collate
+from lit_gpt.checkpoint import load_model
+from lit_gpt.data.dataset import TokenizedDataset
+from lit_gpt.generate import generate_tokens
+from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_state_dict, save_lora
+from lit_gpt.quantize import quantize_model
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.training import (
+    STATE_NAME, MetricsCSV, effective_warmup, load_state, lr_at, masked_loss_sum, rng_states, save_state,
+    set_rng_states, trainable_tokens,
+)
+from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precision_dtype, require_dir, resolve_checkpoint_dir
+
+# ------------------------------------------------------------------------------------ hyperparameters
+learning_rate = 3e-4
+batch_size = 16  # examples per optimizer step, over all devices
+micro_batch_size = 1  # examples per forward/backward pass; gradients accumulate up to batch_size
+epochs = 3  # passes over the training split
+max_iters: int | None = None  # micro-batch iterations per device; replaces `epochs` when set (1000 ~ one pass over LIMA)
+warmup_steps = 10  # optimizer steps of linear warm-up before the cosine decay
+min_lr = 0.0  # the cosine decay ends here, exactly at the last optimizer step
+weight_decay = 0.01
+grad_clip = 1.0  # max gradient norm; 0 disables clipping
+lora_r = 8
+lora_alpha = 16
+lora_dropout = 0.05
+lora_query = True
+lora_key = False
+lora_value = True
+lora_projection = False
+lora_mlp = False
+lora_head = False
+override_max_seq_length: int | None = None  # None = the longest training example; 2048 bounds memory
+eval_interval = 50  # optimizer steps between validation runs
+eval_iters = 100  # at most this many validation micro-batches per run
+save_interval = 100  # optimizer steps between checkpoints
+activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower
+# ------------------------------------------------------------------------------------
+
+
+def setup(
+    checkpoint_dir: Path,
+    data_dir: Path = Path("data/alpaca"),
+    out_dir: Path = Path("out/lora"),
+    precision: str | None = None,
+    devices: int = 1,
+    strategy: str = "auto",
+    quantize: Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"] | None = None,
+    resume: bool | Literal["auto"] = False,
+    seed: int = 1337,
+    learning_rate: float = learning_rate,
+    batch_size: int = batch_size,
+    micro_batch_size: int = micro_batch_size,
+    epochs: int = epochs,
+    max_iters: int | None = max_iters,
+    warmup_steps: int = warmup_steps,
+    min_lr: float = min_lr,
+    weight_decay: float = weight_decay,
+    grad_clip: float = grad_clip,
+    lora_r: int = lora_r,
+    lora_alpha: float = lora_alpha,
+    lora_dropout: float = lora_dropout,
+    lora_query: bool = lora_query,
+    lora_key: bool = lora_key,
+    lora_value: bool = lora_value,
+    lora_projection: bool = lora_projection,
+    lora_mlp: bool = lora_mlp,
+    lora_head: bool = lora_head,
+    override_max_seq_length: int | None = override_max_seq_length,
+    eval_interval: int = eval_interval,
+    eval_iters: int = eval_iters,
+    save_interval: int = save_interval,
+    activation_checkpointing: bool = activation_checkpointing,
+) -> dict:
+    """Finetune with LoRA: base weights frozen, low-rank adapters trained, saved with their hyperparameters.
+
+    Args:
+        checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
+        data_dir: A folder written by a `scripts/prepare_*.py` script for this checkpoint's tokenizer.
+        out_dir: Where the adapter (`lit_lora.safetensors`), training state, logs and loss plot go.
+        precision: Lightning Fabric precision: 32-true, bf16-true, 16-true, bf16-mixed or 16-mixed
+            (default: bf16-true on a GPU that supports it, else 32-true).
+        devices: Number of devices (GPUs, or CPU processes) to train on.
+        strategy: Fabric strategy: auto, ddp or fsdp.
+        quantize: QLoRA: hold the frozen block weights in 4-bit (nf4/fp4, -dq = double quantization) or int8
+            through bitsandbytes (`pip install 'lit_gpt[quantize]'`).
+        resume: Continue from the training state in out_dir: true (it must exist) or auto (if it exists).
+        seed: Seed for the LoRA init, the data order and dropout.
+        learning_rate: Peak learning rate of AdamW, reached after the warm-up.
+        batch_size: Examples per optimizer step, over all devices.
+        micro_batch_size: Examples per forward/backward pass on one device.
+        epochs: Passes over the training split (ignored when max_iters is set).
+        max_iters: Micro-batch iterations per device to run instead of epochs.
+        warmup_steps: Optimizer steps of linear warm-up from 0.
+        min_lr: Learning rate at the last optimizer step (cosine decay).
+        weight_decay: AdamW weight decay on the LoRA parameters.
+        grad_clip: Maximum gradient norm (0 disables clipping).
+        lora_r: Rank of the LoRA update.
+        lora_alpha: LoRA scaling numerator (the update is scaled by alpha / r).
+        lora_dropout: Dropout on the LoRA branch's input.
+        lora_query: Adapt the attention query projection.
+        lora_key: Adapt the attention key projection.
+        lora_value: Adapt the attention value projection.
+        lora_projection: Adapt the attention output projection.
+        lora_mlp: Adapt the MLP's linear layers.
+        lora_head: Adapt the output head.
+        override_max_seq_length: Cut training examples at this many tokens (None: the longest example).
+        eval_interval: Optimizer steps between validation loss + sample generation.
+        eval_iters: Validation micro-batches per evaluation (at most).
+        save_interval: Optimizer steps between checkpoints of adapter and training state.
+        activation_checkpointing: Recompute block activations in the backward pass to save memory.
+    """
+    import lightning as L
+    from lightning.fabric.loggers import TensorBoardLogger
+
+    hparams = {k: v for k, v in locals().items() if k not in ("L", "TensorBoardLogger")}
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder",
+                                 "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME")
+    data_dir = require_dir(Path(data_dir), "data folder", "Prepare data first, e.g. python scripts/prepare_alpaca.py")
+    if batch_size % (devices * micro_batch_size):
+        raise UserError(f"batch_size {batch_size} must be a multiple of devices x micro_batch_size "
+                        f"({devices} x {micro_batch_size})")
+    lora_config = LoRAConfig(**{k: v for k, v in hparams.items() if k.startswith("lora_")})
+    precision = precision or default_precision()
+    fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision,
+                      loggers=TensorBoardLogger(out_dir, name="logs", version=""))
+    fabric.launch()
+    return main(fabric, checkpoint_dir, data_dir, Path(out_dir), lora_config, precision, hparams)
+
+
+def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_config: LoRAConfig, precision: str,
+         h: dict) -> dict:
+    fabric.seed_everything(h["seed"])
+    tokenizer = Tokenizer(checkpoint_dir)
+    train, val = TokenizedDataset(data_dir, "train", tokenizer), TokenizedDataset(data_dir, "test", tokenizer)
+    longest = int(train.lengths.max())
+    max_seq_length = min(h["override_max_seq_length"] or longest, longest)
+    cut = int((train.lengths > max_seq_length).sum())
+    fabric.print(f"{len(train):,} training / {len(val):,} validation examples; max_seq_length {max_seq_length} "
+                 f"({cut} training examples longer than that are cut, losing their end and EOS)")
+
+    model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
+    if max_seq_length > model.config.block_size:
+        raise UserError(f"examples of {max_seq_length} tokens exceed the model's context ({model.config.block_size}); "
+                        f"set --override_max_seq_length {model.config.block_size}")
+    model.max_seq_length = max_seq_length
+    if h["quantize"]:
+        quantize_model(model, h["quantize"], log=fabric.print)
+    apply_lora(model, lora_config)
+    model.activation_checkpointing = h["activation_checkpointing"]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    fabric.print(f"LoRA: {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters")
+    raw_model = model
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=h["learning_rate"], weight_decay=h["weight_decay"]
+    )
+    model, optimizer = fabric.setup(model, optimizer)
+
+    world = fabric.world_size
+    accumulation = h["batch_size"] // (world * h["micro_batch_size"])
+    stream = EpochStream(len(train), h["batch_size"], seed=h["seed"])
+    if h["max_iters"] is not None:
+        max_steps = max(1, h["max_iters"] // accumulation)
+    else:
+        max_steps = max(1, -(-h["epochs"] * len(train) // h["batch_size"]))  # ceil: the last partial batch too
+    warmup = effective_warmup(h["warmup_steps"], max_steps)
+    fabric.print(f"{max_steps} optimizer steps of {h['batch_size']} examples ({accumulation} accumulated "
+                 f"micro-batches of {h['micro_batch_size']} on each of {world} device(s)), "
+                 f"{stream.epoch_of(max_steps):.2f} epochs; {warmup} warm-up steps"
+                 + (f" (warmup_steps {h['warmup_steps']} capped at half the run)" if warmup < h["warmup_steps"] else ""))
+
+    state_path = out_dir / STATE_NAME
+    step = 0
+    if h["resume"] is True and not state_path.is_file():
+        raise UserError(f"--resume true but {state_path} does not exist; use --resume auto to start fresh when absent")
+    if h["resume"] and state_path.is_file():
+        state = load_state(state_path)
+        raw_model.load_state_dict(state["lora"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_states(state["rng"])
+        step = state["step"]
+        fabric.print(f"Resumed from {state_path} at step {step}")
+
+    resumed_at = step if step > 0 else None
+    metrics_csv = MetricsCSV(out_dir / "metrics.csv", resume_step=resumed_at) if fabric.global_rank == 0 else None
+    history: list[dict] = []
+    val_prompt = _prompt_of(val[0]) if len(val) else None
+    if step == 0:
+        initial = {"step": 0, "val_loss": validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])}
+        fabric.log_dict(initial, step=0)
+        if metrics_csv:
+            metrics_csv.log(initial)
+        history.append(initial)
+        fabric.print(f"step 0 | val_loss {initial['val_loss']:.4g} (before finetuning)")
+    t_start = time.perf_counter()
+    while step < max_steps:
+        t0 = time.perf_counter()
+        batches = [pad_collate([train[i] for i in mb], max_seq_length)
+                   for mb in micro_batches(stream.step(step), fabric.global_rank, world, h["micro_batch_size"])]
+        # the loss is a mean over the trainable tokens of the whole global batch, on every device
+        local_tokens = sum(trainable_tokens(b["labels"]) for b in batches)
+        global_tokens = int(fabric.all_reduce(torch.tensor(local_tokens, device=fabric.device), reduce_op="sum"))
+        lr = lr_at(step + 1, max_steps, h["learning_rate"], warmup, h["min_lr"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=fabric.device)
+        for i, batch in enumerate(batches):
+            with fabric.no_backward_sync(model, enabled=i < len(batches) - 1):
+                logits = model(batch["input_ids"].to(fabric.device))
+                loss, _ = masked_loss_sum(logits, batch["labels"].to(fabric.device))
+                # DDP averages gradients over devices; scaling by world size turns that into the global mean
+                fabric.backward(loss * world / max(global_tokens, 1))
+            loss_sum += loss.detach()
+        if h["grad_clip"]:
+            fabric.clip_gradients(model, optimizer, max_norm=h["grad_clip"])
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        train_loss = float(fabric.all_reduce(loss_sum, reduce_op="sum")) / max(global_tokens, 1)
+        elapsed = time.perf_counter() - t0
+        padded = int(fabric.all_reduce(torch.tensor(sum(b["input_ids"].numel() for b in batches)), reduce_op="sum"))
+        metrics = {"step": step, "epoch": stream.epoch_of(step), "train_loss": train_loss, "lr": lr,
+                   "trainable_tokens_per_s": global_tokens / elapsed, "tokens_per_s": padded / elapsed,
+                   "peak_memory_mb": _peak_memory_mb(fabric)}
+        if step % h["eval_interval"] == 0 or step == max_steps:
+            metrics["val_loss"] = validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])
+            if val_prompt is not None and fabric.global_rank == 0:
+                sample = _sample(raw_model, tokenizer, val_prompt, fabric.device)
+                fabric.print(f"step {step} sample: {sample!r}")
+        fabric.log_dict(metrics, step=step)
+        if metrics_csv:
+            metrics_csv.log(metrics)
+        history.append(metrics)
+        fabric.print(" | ".join(_fmt(k, v) for k, v in metrics.items()))
+        if step % h["save_interval"] == 0 or step == max_steps:
+            _save(fabric, raw_model, optimizer, lora_config, out_dir, step, train.meta.get("prompt_style"))
+
+    for logger in fabric.loggers:
+        logger.finalize("success")
+    summary = {"steps": step, "seconds": time.perf_counter() - t_start, "peak_memory_mb": _peak_memory_mb(fabric),
+               "initial_val_loss": history[0].get("val_loss") if history and history[0]["step"] == 0 else None,
+               "final_train_loss": history[-1].get("train_loss") if history else None,
+               "final_val_loss": history[-1].get("val_loss") if history else None}
+    fabric.print(f"Done: {summary}. Adapter: {out_dir / LORA_WEIGHTS_NAME}")
+    if metrics_csv:
+        _plot(metrics_csv.rows(), out_dir / "loss.png")
+    return {"history": history, **summary}
+
+
+@torch.no_grad()
+def validate(fabric, model, val: TokenizedDataset, max_seq_length: int, micro_batch_size: int, eval_iters: int) -> float:
+    """Mean loss per trainable token over (at most `eval_iters` micro-batches of) the validation split."""
+    model.eval()
+    total, tokens = torch.zeros((), device=fabric.device), 0
+    indices = list(range(len(val)))[fabric.global_rank :: fabric.world_size]
+    for k in range(0, min(len(indices), eval_iters * micro_batch_size), micro_batch_size):
+        batch = pad_collate([val[i] for i in indices[k : k + micro_batch_size]], max_seq_length)
+        loss, n = masked_loss_sum(model(batch["input_ids"].to(fabric.device)), batch["labels"].to(fabric.device))
+        total += loss
+        tokens += n
+    model.train()
+    tokens = int(fabric.all_reduce(torch.tensor(tokens, device=fabric.device), reduce_op="sum"))
+    return float(fabric.all_reduce(total, reduce_op="sum")) / max(tokens, 1)
+
+
+def _prompt_of(example: dict) -> torch.Tensor:
+    """The tokens before the first trainable one: the prompt the model should answer."""
+    trainable = (example["labels"] != -100).nonzero()
+    return example["input_ids"][: int(trainable[0]) if len(trainable) else len(example["input_ids"])]
+
+
+def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device) -> str:
+    model.eval()
+    new = list(generate_tokens(model, prompt.to(device), max_new_tokens=40, top_k=1, eos_id=tokenizer.eos_id))
+    model.train()
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step: int, prompt_style: str | None) -> None:
+    if fabric.global_rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_lora(model, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
+        save_state(out_dir / STATE_NAME, {"step": step, "lora": lora_state_dict(model),
+                                          "optimizer": optimizer.state_dict(), "rng": rng_states()})
+    fabric.barrier()
+
+
+def _peak_memory_mb(fabric) -> float:
+    if fabric.device.type == "cuda":
+        return torch.cuda.max_memory_allocated(fabric.device) / 2**20
+    return peak_rss_mb()
+
+
+def _fmt(key: str, value) -> str:
+    return f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+
+
+def _plot(rows: list[dict[str, str]], path: Path) -> None:
+    """Training and validation loss over the whole run, resumed parts included (from metrics.csv)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, style, label in (("train_loss", "-", "train"), ("val_loss", "o-", "validation")):
+        points = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+        ax.plot([s for s, _ in points], [v for _, v in points], style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss per trainable token")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    cli(setup)

@@ -1,0 +1,207 @@
+"""finetune/lora.py end to end on a tiny model, and the pieces it is built from (batches, loss, schedule)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_gpt.batching import EpochStream, micro_batches, pad_collate
+from lit_gpt.data.tokenize import IGNORE_INDEX
+from lit_gpt.training import effective_warmup, lr_at, masked_loss_sum
+
+from prepare_helpers import CHATML, tiny_bpe_checkpoint
+
+transformers = pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script(path: str):
+    spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+finetune = _load_script("finetune/lora.py")
+generate_script = _load_script("generate/base.py")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny converted Llama-style checkpoint with a real BPE tokenizer and ChatML template, and Alpaca data."""
+    from lit_gpt.convert import convert_hf_checkpoint
+    from lit_gpt.data import ALPACA, prepare
+
+    root = tmp_path_factory.mktemp("finetune")
+    checkpoint = tiny_bpe_checkpoint(root / "checkpoint", bos=False, chat_template=CHATML)
+    hf_config = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(hf_config).save_pretrained(checkpoint)
+    convert_hf_checkpoint(checkpoint)
+
+    rows = [{"instruction": f"Name color number {i}.", "input": "" if i % 3 else "The sky is blue.",
+             "output": ["Red.", "Blue, yellow.", "Green and blue.", "Yellow"][i % 4] * (1 + i % 3)} for i in range(40)]
+    (root / "alpaca.json").write_text(json.dumps(rows))
+    data = root / "data"
+    prepare(ALPACA, checkpoint_dir=checkpoint, destination_path=data, data_file=root / "alpaca.json",
+            test_split_fraction=0.2)
+    return {"root": root, "checkpoint": checkpoint, "data": data}
+
+
+def _train(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
+    args = dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir, precision="32-true",
+                batch_size=4, micro_batch_size=2, max_iters=16, warmup_steps=2, learning_rate=3e-3, lora_dropout=0.1,
+                eval_interval=4, eval_iters=2, save_interval=4)
+    args.update(overrides)
+    return finetune.setup(**args)
+
+
+def _losses(csv_path: Path) -> dict[int, float]:
+    """Per-step training loss from the CSV log; a resumed run re-logs the steps after its checkpoint, last wins."""
+    with csv_path.open() as f:
+        return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+
+
+def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None:
+    result = _train(workspace, tmp_path / "out", max_iters=40, lora_mlp=True, learning_rate=1e-2)
+    history = [m for m in result["history"] if "train_loss" in m]
+    assert len(history) == 20  # 40 micro-batch iterations / 2 accumulated per step
+    assert history[-1]["train_loss"] < 0.9 * history[0]["train_loss"]
+    assert result["final_val_loss"] < 0.9 * result["initial_val_loss"]
+    for name in ("lit_lora.safetensors", "training_state.pt", "loss.png", "metrics.csv"):
+        assert (tmp_path / "out" / name).is_file(), name
+    assert list((tmp_path / "out" / "logs").glob("events.out.tfevents.*"))  # TensorBoard
+    assert set(_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
+    # the schedule ended at its minimum on the last step
+    assert history[-1]["lr"] == 0.0
+
+    # generation with the adapter reads its hyperparameters and prompt style from the file
+    outputs = generate_script.main(workspace["checkpoint"], prompt="Name color number 3.", top_k=1, max_new_tokens=8,
+                                   lora_path=tmp_path / "out" / "lit_lora.safetensors", precision="32-true")
+    assert len(outputs) == 1
+
+
+def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """SIGKILL a run after a checkpoint, resume it: every step's loss equals an uninterrupted run's (CPU, fp32)."""
+    _train(workspace, tmp_path / "full", save_interval=1)
+    expected = _losses(tmp_path / "full" / "metrics.csv")
+
+    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
+           str(workspace["data"]), "--out_dir", str(tmp_path / "killed"), "--precision", "32-true", "--batch_size", "4",
+           "--micro_batch_size", "2", "--max_iters", "16", "--warmup_steps", "2", "--learning_rate", "3e-3",
+           "--lora_dropout", "0.1", "--eval_interval", "4", "--eval_iters", "2", "--save_interval", "1"]
+    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith("step 5 |"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resumed from" in resumed.stdout
+    actual = _losses(tmp_path / "killed" / "metrics.csv")
+    assert actual.keys() == expected.keys()
+    for step in expected:
+        assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
+def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """2 CPU processes (gloo) with the same global batch give the per-step losses of 1 process."""
+    _train(workspace, tmp_path / "one", max_iters=8, lora_dropout=0.0)
+    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
+           str(workspace["data"]), "--out_dir", str(tmp_path / "two"), "--precision", "32-true", "--batch_size", "4",
+           "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
+           "--lora_dropout", "0.0", "--eval_interval", "4", "--eval_iters", "2", "--devices", "2", "--strategy", "ddp"]
+    # 2 devices x 2 micro-batches of 1 is the same 4-example global batch as 1 device x 2 micro-batches of 2
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = _losses(tmp_path / "one" / "metrics.csv"), _losses(tmp_path / "two" / "metrics.csv")
+    assert len(one) == 4 and one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+
+
+def test_qlora_nf4_trains_on_cpu(workspace: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    result = _train(workspace, tmp_path / "qlora", quantize="bnb.nf4", max_iters=40, learning_rate=1e-2,
+                    lora_mlp=True, lora_dropout=0.0)
+    losses = [m["train_loss"] for m in result["history"] if "train_loss" in m]
+    assert losses[-1] < 0.9 * losses[0]
+    assert result["final_val_loss"] < 0.9 * result["initial_val_loss"]
+
+
+def test_bad_inputs_are_one_line_errors(workspace: dict[str, Path], tmp_path: Path) -> None:
+    base = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"])]
+    cases = [
+        (["--data_dir", str(tmp_path / "missing")], "data folder"),
+        (["--data_dir", str(workspace["data"]), "--batch_size", "3", "--micro_batch_size", "2"], "must be a multiple"),
+        (["--data_dir", str(workspace["data"]), "--lora_query", "false", "--lora_value", "false"], "no LoRA target"),
+        (["--data_dir", str(workspace["data"]), "--out_dir", str(tmp_path / "o"), "--resume", "true"],
+         "does not exist"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_for_another_tokenizer_is_refused(workspace: dict[str, Path], tmp_path: Path) -> None:
+    other = tiny_bpe_checkpoint(tmp_path / "other", bos=True)
+    for name in ("lit_config.json", "lit_model.safetensors"):
+        (other / name).write_bytes((workspace["checkpoint"] / name).read_bytes())
+    from lit_gpt.utils import UserError
+
+    with pytest.raises(UserError, match="tokenizer"):
+        _train({**workspace, "checkpoint": other}, tmp_path / "out")
+
+
+# ------------------------------------------------------------------------------------ the pieces
+
+
+def test_padding_and_masked_positions_do_not_change_the_loss() -> None:
+    torch.manual_seed(0)
+    from lit_gpt.config import Config
+    from lit_gpt.model import GPT
+
+    model = GPT(Config(vocab_size=50, n_layer=1, n_embd=16, n_head=2, intermediate_size=32, block_size=32)).eval()
+    a = {"input_ids": torch.tensor([1, 5, 7, 9, 2]), "labels": torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 7, 9, 2])}
+    b = {"input_ids": torch.tensor([1, 8, 3, 2]), "labels": torch.tensor([IGNORE_INDEX, 8, 3, 2])}
+    with torch.no_grad():
+        separate = [masked_loss_sum(model(s["input_ids"][None]), s["labels"][None]) for s in (a, b)]
+        batch = pad_collate([a, b], pad_id=0)
+        together = masked_loss_sum(model(batch["input_ids"]), batch["labels"])
+        # the pad token id changes nothing either
+        batch_other_pad = pad_collate([a, b], pad_id=33)
+        other = masked_loss_sum(model(batch_other_pad["input_ids"]), batch_other_pad["labels"])
+    assert together[1] == separate[0][1] + separate[1][1] == 6
+    torch.testing.assert_close(together[0], separate[0][0] + separate[1][0])
+    torch.testing.assert_close(other[0], together[0])
+
+
+def test_schedule_warms_up_and_reaches_its_minimum_exactly_at_the_last_step() -> None:
+    lrs = [lr_at(step, 50, 1e-3, 5, min_lr=1e-5) for step in range(1, 51)]
+    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)
+    assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))  # monotone decay after warm-up
+    assert lrs[-1] == 1e-5 and min(lrs[:-1]) > 1e-5
+    assert effective_warmup(100, 8) == 4 and effective_warmup(10, 1000) == 10
+
+
+def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
+    stream = EpochStream(n=10, batch_size=4, seed=7)
+    seen = [i for step in range(5) for i in stream.step(step)]  # 20 examples = 2 epochs
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
+    assert seen[:10] != seen[10:]  # reshuffled
+    assert EpochStream(n=10, batch_size=4, seed=7).step(3) == stream.step(3)  # the position is the step
+    assert micro_batches([5, 6, 7, 8], rank=1, world_size=2, micro_batch_size=1) == [[6], [8]]
+    assert math.isclose(stream.epoch_of(5), 2.0)
