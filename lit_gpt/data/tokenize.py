@@ -116,6 +116,17 @@ class SegmentEncoder:
         return Sample(ids, labels, responses)
 
 
+def conversation_prompt_ids(encoder: SegmentEncoder, segments: Sequence[Segment], bos: bool) -> list[int]:
+    """The ids a model reads before writing its next response: `segments` of a conversation whose last turn has an
+    empty response, encoded exactly as training encodes them, minus that empty response (for chat and generation)."""
+    assert segments and segments[-1].trainable, "segments must end with the (empty) response to be written"
+    prompt = segments[:-1]
+    ids = [encoder.tokenizer.bos_id] if bos and encoder.tokenizer.bos_id is not None else []
+    for segment, seg_ids in zip(prompt, encoder.encode([prompt])[0]):
+        ids += seg_ids + ([encoder.eos_id] if segment.eos else [])
+    return ids
+
+
 def truncate(sample: Sample, max_seq_length: int, eos_id: int) -> Sample | None:
     """`sample` cut to `max_seq_length` tokens so that it still ends with EOS, or None if no response would remain.
 
