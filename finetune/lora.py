@@ -235,10 +235,14 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
 
         train_loss = float(fabric.all_reduce(loss_sum, reduce_op="sum")) / max(global_tokens, 1)
         elapsed = time.perf_counter() - t0
-        padded = int(fabric.all_reduce(torch.tensor(sum(b["input_ids"].numel() for b in batches)), reduce_op="sum"))
+        # padded: what was computed; real: tokens of the examples (prompt, BOS, EOS); trainable: carrying loss
+        counts = torch.tensor([sum(b["input_ids"].numel() for b in batches),
+                               sum(b["length"].sum() for b in batches)], device=fabric.device)
+        padded, real = (int(c) for c in fabric.all_reduce(counts, reduce_op="sum"))
         metrics = {"step": step, "epoch": stream.epoch_of(step), "train_loss": train_loss, "lr": lr,
-                   "trainable_tokens_per_s": global_tokens / elapsed, "tokens_per_s": padded / elapsed,
-                   "peak_memory_mb": _peak_memory_mb(fabric)}
+                   "step_seconds": elapsed, "tokens_padded": padded, "tokens_real": real,
+                   "tokens_trainable": global_tokens, "real_tokens_per_s": real / elapsed,
+                   "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": _peak_memory_mb(fabric)}
         if step % h["eval_interval"] == 0 or step == max_steps:
             metrics["val_loss"] = validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])
             if val_prompt is not None and fabric.global_rank == 0:

@@ -48,7 +48,7 @@ def micro_batches(indices: Sequence[int], rank: int, world_size: int, micro_batc
 
 def pad_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int | None = None,
                 pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest sample (cut at `max_seq_length`): input_ids (B, T), labels (B, T).
+    """Right-pad to the longest sample (cut at `max_seq_length`): input_ids (B, T), labels (B, T), length (B,).
 
     Padded positions get IGNORE_INDEX labels, and with right padding and causal attention no real token ever
     attends to one, so padding changes neither the loss nor the logits of real tokens.
@@ -60,4 +60,5 @@ def pad_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int 
     for row, s in enumerate(cut):
         input_ids[row, : len(s["input_ids"])] = s["input_ids"]
         labels[row, : len(s["labels"])] = s["labels"]
-    return {"input_ids": input_ids, "labels": labels}
+    length = torch.tensor([len(s["input_ids"]) for s in cut])
+    return {"input_ids": input_ids, "labels": labels, "length": length}

@@ -77,8 +77,8 @@ class MetricsCSV:
     instead, and drop the ones after it (a killed run logged them but their updates were lost): those are re-run.
     """
 
-    FIELDS = ("step", "epoch", "train_loss", "val_loss", "lr", "trainable_tokens_per_s", "tokens_per_s",
-              "peak_memory_mb")
+    FIELDS = ("step", "epoch", "train_loss", "val_loss", "lr", "step_seconds", "tokens_padded", "tokens_real",
+              "tokens_trainable", "real_tokens_per_s", "trainable_tokens_per_s", "peak_memory_mb")
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
