@@ -112,7 +112,8 @@ class Config:
                 f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(_FROM_HF)}"
             )
         try:
-            fields = _FROM_HF[model_type](hf)
+            fields = dict(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
+                          n_head=hf["num_attention_heads"], **_FROM_HF[model_type](hf))
         except KeyError as e:
             raise UserError(f"{source}: missing field {e.args[0]!r} for model_type {model_type!r}") from None
         rope = _rope_parameters(hf)
@@ -129,6 +130,10 @@ class Config:
         """The Hugging Face `config.json` that `transformers` needs to rebuild this model."""
         return {
             "model_type": self.architecture,
+            "vocab_size": self.vocab_size,
+            "num_hidden_layers": self.n_layer,
+            "hidden_size": self.n_embd,
+            "num_attention_heads": self.n_head,
             "max_position_embeddings": int(self.block_size / self.rope_condense_ratio),
             **_TO_HF[self.architecture](self),
         }
@@ -153,10 +158,6 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if hf.get("hidden_act", "silu") != "silu":
         raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported for llama/mistral (only silu)")
     return dict(
-        vocab_size=hf["vocab_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
         n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
@@ -173,10 +174,6 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def _llama_to_hf(c: Config) -> dict[str, Any]:
     hf = dict(
         architectures=["MistralForCausalLM" if c.architecture == "mistral" else "LlamaForCausalLM"],
-        vocab_size=c.vocab_size,
-        num_hidden_layers=c.n_layer,
-        hidden_size=c.n_embd,
-        num_attention_heads=c.n_head,
         num_key_value_heads=c.n_query_groups,
         head_dim=c.head_size,
         intermediate_size=c.intermediate_size,
@@ -197,10 +194,6 @@ def _llama_to_hf(c: Config) -> dict[str, Any]:
 def _gpt_neox_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     rope = _rope_parameters(hf)
     return dict(
-        vocab_size=hf["vocab_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=hf["num_attention_heads"],
         intermediate_size=hf.get("intermediate_size") or 4 * hf["hidden_size"],
         norm_class="LayerNorm",
         norm_eps=hf.get("layer_norm_eps", 1e-5),
@@ -217,10 +210,6 @@ def _gpt_neox_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def _gpt_neox_to_hf(c: Config) -> dict[str, Any]:
     return dict(
         architectures=["GPTNeoXForCausalLM"],
-        vocab_size=c.vocab_size,
-        num_hidden_layers=c.n_layer,
-        hidden_size=c.n_embd,
-        num_attention_heads=c.n_head,
         intermediate_size=c.intermediate_size,
         layer_norm_eps=c.norm_eps,
         hidden_act="gelu" if c.gelu_approximate == "none" else "gelu_new",
@@ -239,17 +228,12 @@ def _falcon_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         raise UserError("Falcon with sequential attention (parallel_attn=false) is not supported")
     new_decoder = hf.get("new_decoder_architecture", False)
     multi_query = hf.get("multi_query", True)
-    n_head = hf["num_attention_heads"]
-    n_kv = hf.get("num_kv_heads") or n_head
+    n_kv = hf.get("num_kv_heads") or hf["num_attention_heads"]
     if not new_decoder and not multi_query:
         raise UserError("Falcon with multi_query=false and the old decoder layout (falcon-rw) is not supported")
     # Falcon 40B/180B ("new decoder architecture") normalise the attention and MLP inputs separately
     num_ln = hf.get("num_ln_in_parallel_attn") or (2 if new_decoder else 1)
     return dict(
-        vocab_size=hf["vocab_size"],
-        n_layer=hf["num_hidden_layers"],
-        n_embd=hf["hidden_size"],
-        n_head=n_head,
         n_query_groups=n_kv if new_decoder else 1,
         intermediate_size=hf.get("ffn_hidden_size") or 4 * hf["hidden_size"],
         norm_class="LayerNorm",
@@ -267,10 +251,6 @@ def _falcon_to_hf(c: Config) -> dict[str, Any]:
     new_decoder = c.n_query_groups != 1 or not c.shared_attention_norm
     return dict(
         architectures=["FalconForCausalLM"],
-        vocab_size=c.vocab_size,
-        num_hidden_layers=c.n_layer,
-        hidden_size=c.n_embd,
-        num_attention_heads=c.n_head,
         num_kv_heads=c.n_query_groups,
         new_decoder_architecture=new_decoder,
         multi_query=c.n_query_groups == 1,
