@@ -154,3 +154,18 @@ def test_checkpoint_dir_accepts_a_bare_repo_id(tmp_path: Path, monkeypatch: pyte
     assert resolve_checkpoint_dir("meta-llama/Llama-2-7b-hf") == Path("checkpoints/meta-llama/Llama-2-7b-hf")
     assert resolve_checkpoint_dir("checkpoints/meta-llama/Llama-2-7b-hf") == Path("checkpoints/meta-llama/Llama-2-7b-hf")
     assert resolve_checkpoint_dir("other/model") == Path("other/model")
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients() -> None:
+    model = _model(TINY_LAYOUTS["mistral_window"]).train()
+    idx = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = checkpointing
+        loss = model(idx).logsumexp(-1).mean()
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
