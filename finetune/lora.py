@@ -5,6 +5,7 @@
 Every hyperparameter below is the default of a command-line flag of the same name (`--help` lists them);
 edit them here or override them with flags or a YAML file (`--config my.yaml`, keys as the flags).
 """
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -191,7 +192,11 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         raise UserError(f"--resume true but {state_path} does not exist; use --resume auto to start fresh when absent")
     if h["resume"] and state_path.is_file():
         state = load_state(state_path)
-        raw_model.load_state_dict(state["lora"], strict=False)
+        if state["lora_config"] != dataclasses.asdict(lora_config):
+            raise UserError(f"{state_path} was trained with {state['lora_config']}; resume with the same LoRA settings "
+                            "or pass another --out_dir")
+        missing, unexpected = raw_model.load_state_dict(state["lora"], strict=False)
+        assert not unexpected and not set(state["lora"]) & set(missing), "the saved adapter did not load"
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         step = state["step"]
@@ -302,6 +307,7 @@ def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step
         out_dir.mkdir(parents=True, exist_ok=True)
         save_lora(model, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
         save_state(out_dir / STATE_NAME, {"step": step, "lora": lora_state_dict(model),
+                                          "lora_config": dataclasses.asdict(lora_config),
                                           "optimizer": optimizer.state_dict(), "rng": rng_states()})
     fabric.barrier()
 

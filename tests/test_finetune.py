@@ -205,3 +205,11 @@ def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
     assert EpochStream(n=10, batch_size=4, seed=7).step(3) == stream.step(3)  # the position is the step
     assert micro_batches([5, 6, 7, 8], rank=1, world_size=2, micro_batch_size=1) == [[6], [8]]
     assert math.isclose(stream.epoch_of(5), 2.0)
+
+
+def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path: Path) -> None:
+    from lit_gpt.utils import UserError
+
+    _train(workspace, tmp_path / "out", max_iters=4)
+    with pytest.raises(UserError, match="resume with the same LoRA settings"):
+        _train(workspace, tmp_path / "out", max_iters=8, lora_r=4, resume=True)
