@@ -15,16 +15,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 import torch
 
-from lit_gpt.batching import EpochStream, micro_batches, pad_collate
+from lit_gpt.batching import EpochStream, micro_batches, order_keys, pad_collate
 from lit_gpt.checkpoint import load_model
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.generate import generate_tokens
 from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_state_dict, save_lora
+from lit_gpt.prompts import load_prompt_style
 from lit_gpt.quantize import quantize_model
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training import (
-    STATE_NAME, MetricsCSV, effective_warmup, load_state, lr_at, masked_loss_sum, rng_states, save_state,
-    set_rng_states, trainable_tokens,
+    STATE_NAME, EpochTracker, MetricsCSV, effective_warmup, load_state, lr_at, masked_loss_sum, neftune_hook,
+    read_dev_prompts, rng_states, save_state, set_rng_states, trainable_tokens,
 )
 from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precision_dtype, require_dir, resolve_checkpoint_dir
 
@@ -52,6 +53,13 @@ eval_interval = 50  # optimizer steps between validation runs
 eval_iters = 100  # at most this many validation micro-batches per run
 save_interval = 100  # optimizer steps between checkpoints
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower
+order = "shuffle"  # shuffle | none | length | source | category | score: the order examples are seen in each epoch
+order_descending = False  # length/score/source/category: largest (or last) first
+order_interleave = False  # source/category: spread the groups evenly through each epoch instead of one after another
+order_score_column = "ifd"  # the column of scripts/score_dataset.py that `order = "score"` sorts by
+neftune_alpha = 0.0  # NEFTune noise on the input embeddings while training (5 in the paper); 0 disables it
+early_stopping_patience: int | None = None  # stop after this many epochs without a better validation loss
+dev_prompts: Path | None = None  # instructions answered after every epoch, side by side in dev_generations.md
 # ------------------------------------------------------------------------------------
 
 
@@ -88,6 +96,13 @@ def setup(
     eval_iters: int = eval_iters,
     save_interval: int = save_interval,
     activation_checkpointing: bool = activation_checkpointing,
+    order: Literal["shuffle", "none", "length", "source", "category", "score"] = order,
+    order_descending: bool = order_descending,
+    order_interleave: bool = order_interleave,
+    order_score_column: str = order_score_column,
+    neftune_alpha: float = neftune_alpha,
+    early_stopping_patience: int | None = early_stopping_patience,
+    dev_prompts: Path | None = dev_prompts,
 ) -> dict:
     """Finetune with LoRA: base weights frozen, low-rank adapters trained, saved with their hyperparameters.
 
@@ -126,6 +141,16 @@ def setup(
         eval_iters: Validation micro-batches per evaluation (at most).
         save_interval: Optimizer steps between checkpoints of adapter and training state.
         activation_checkpointing: Recompute block activations in the backward pass to save memory.
+        order: The order examples are seen in each epoch: shuffle (fresh every epoch), none (as in the data
+            folder), length (tokens), score (a column of scripts/score_dataset.py), source or category (grouped).
+        order_descending: Sort largest first (length, score) or groups in reverse name order.
+        order_interleave: With source/category, spread the groups evenly through each epoch instead of in blocks.
+        order_score_column: The score column `--order score` sorts by (e.g. ifd, loss_with_prompt).
+        neftune_alpha: NEFTune (Jain et al. 2023): uniform noise of this scale on the input embeddings while
+            training; 0 disables it.
+        early_stopping_patience: Stop after this many epochs without a better validation loss (None: never).
+        dev_prompts: A JSON list (or one-per-line text file) of instructions answered with greedy decoding after
+            every epoch, written side by side to out_dir/dev_generations.md to pick an epoch by reading answers.
     """
     import lightning as L
     from lightning.fabric.loggers import TensorBoardLogger
@@ -165,6 +190,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         quantize_model(model, h["quantize"], log=fabric.print)
     apply_lora(model, lora_config)
     model.activation_checkpointing = h["activation_checkpointing"]
+    if h["neftune_alpha"]:
+        model.embed.register_forward_hook(neftune_hook(h["neftune_alpha"]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     fabric.print(f"LoRA: {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters")
     raw_model = model
@@ -175,7 +202,9 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
 
     world = fabric.world_size
     accumulation = h["batch_size"] // (world * h["micro_batch_size"])
-    stream = EpochStream(len(train), h["batch_size"], seed=h["seed"])
+    stream = EpochStream(len(train), h["batch_size"], seed=h["seed"], order=h["order"],
+                         keys=order_keys(train, h["order"], h["order_score_column"]),
+                         descending=h["order_descending"], interleave=h["order_interleave"])
     if h["max_iters"] is not None:
         max_steps = max(1, h["max_iters"] // accumulation)
     else:
@@ -186,6 +215,9 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
                  f"{stream.epoch_of(max_steps):.2f} epochs; {warmup} warm-up steps"
                  + (f" (warmup_steps {h['warmup_steps']} capped at half the run)" if warmup < h["warmup_steps"] else ""))
 
+    dev = read_dev_prompts(h["dev_prompts"]) if h["dev_prompts"] else []
+    style = load_prompt_style(train.meta.get("prompt_style", "auto"), tokenizer)
+    epochs_tracker = EpochTracker(out_dir, h["early_stopping_patience"])
     state_path = out_dir / STATE_NAME
     step = 0
     if h["resume"] is True and not state_path.is_file():
@@ -199,6 +231,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         assert not unexpected and not set(state["lora"]) & set(missing), "the saved adapter did not load"
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
+        epochs_tracker.load_state_dict(state["epochs"])
         step = state["step"]
         fabric.print(f"Resumed from {state_path} at step {step}")
 
@@ -248,7 +281,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
                    "step_seconds": elapsed, "tokens_padded": padded, "tokens_real": real,
                    "tokens_trainable": global_tokens, "real_tokens_per_s": real / elapsed,
                    "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": _peak_memory_mb(fabric)}
-        if step % h["eval_interval"] == 0 or step == max_steps:
+        epoch_end = int(stream.epoch_of(step)) > int(stream.epoch_of(step - 1))
+        if step % h["eval_interval"] == 0 or step == max_steps or epoch_end:
             metrics["val_loss"] = validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])
             if val_prompt is not None and fabric.global_rank == 0:
                 sample = _sample(raw_model, tokenizer, val_prompt, fabric.device)
@@ -258,8 +292,22 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
             metrics_csv.log(metrics)
         history.append(metrics)
         fabric.print(" | ".join(_fmt(k, v) for k, v in metrics.items()))
-        if step % h["save_interval"] == 0 or step == max_steps:
-            _save(fabric, raw_model, optimizer, lora_config, out_dir, step, train.meta.get("prompt_style"))
+        stop = False
+        if epoch_end:
+            epoch = int(stream.epoch_of(step))
+            if fabric.global_rank == 0:
+                # every epoch's adapter, and its answers to the dev prompts, to choose an epoch by reading
+                save_lora(raw_model, lora_config, out_dir / f"epoch-{epoch}" / LORA_WEIGHTS_NAME, style.name)
+                answers = [_answer(raw_model, tokenizer, style, prompt, fabric.device) for prompt in dev]
+                epochs_tracker.record(epoch, step, metrics["val_loss"], dict(zip(dev, answers)))
+            stop = fabric.broadcast(epochs_tracker.should_stop())
+            if stop:
+                fabric.print(f"Early stopping after epoch {epoch}: no better validation loss for "
+                             f"{h['early_stopping_patience']} epochs (best: epoch {epochs_tracker.best_epoch})")
+        if step % h["save_interval"] == 0 or step == max_steps or stop:
+            _save(fabric, raw_model, optimizer, lora_config, out_dir, step, style.name, epochs_tracker)
+        if stop:
+            break
 
     for logger in fabric.loggers:
         logger.finalize("success")
@@ -295,20 +343,28 @@ def _prompt_of(example: dict) -> torch.Tensor:
     return example["input_ids"][: int(trainable[0]) if len(trainable) else len(example["input_ids"])]
 
 
-def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device) -> str:
+def _answer(model, tokenizer: Tokenizer, style, instruction: str, device) -> str:
+    prompt = torch.tensor(tokenizer.encode(style.prompt(instruction), bos=style.bos))
+    return _sample(model, tokenizer, prompt, device, max_new_tokens=128)
+
+
+def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_tokens: int = 40) -> str:
     model.eval()
-    new = list(generate_tokens(model, prompt.to(device), max_new_tokens=40, top_k=1, eos_id=tokenizer.eos_id))
+    new = list(generate_tokens(model, prompt.to(device), max_new_tokens=max_new_tokens, top_k=1,
+                               eos_id=tokenizer.eos_id))
     model.train()
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step: int, prompt_style: str | None) -> None:
+def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step: int, prompt_style: str,
+          epochs_tracker: EpochTracker) -> None:
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_lora(model, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
         save_state(out_dir / STATE_NAME, {"step": step, "lora": lora_state_dict(model),
                                           "lora_config": dataclasses.asdict(lora_config),
-                                          "optimizer": optimizer.state_dict(), "rng": rng_states()})
+                                          "optimizer": optimizer.state_dict(), "rng": rng_states(),
+                                          "epochs": epochs_tracker.state_dict()})
     fabric.barrier()
 
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_gpt.data.tokenize import IGNORE_INDEX
+from lit_gpt.utils import UserError, atomic_path, atomic_write_text, read_json
 
 STATE_NAME = "training_state.pt"
 
@@ -60,9 +61,8 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write the training state atomically (temp file + rename): a kill mid-write leaves the previous one intact."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -83,13 +83,10 @@ class MetricsCSV:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         kept = [r for r in self.rows() if int(r["step"]) <= resume_step] if resume_step is not None else []
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.FIELDS)
             writer.writeheader()
             writer.writerows(kept)
-        os.replace(tmp, path)
 
     def log(self, metrics: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as f:
@@ -100,3 +97,74 @@ class MetricsCSV:
             return []
         with self.path.open(newline="") as f:
             return list(csv.DictReader(f))
+
+
+def neftune_hook(alpha: float):
+    """A forward hook for the embedding that adds NEFTune noise while training (Jain et al. 2023,
+    https://arxiv.org/abs/2310.05914): uniform in [-1, 1] scaled by alpha / sqrt(sequence length x n_embd)."""
+
+    def hook(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if not module.training:
+            return None
+        scale = alpha / math.sqrt(output.size(1) * output.size(2))  # output (B, T, n_embd)
+        return output + torch.empty_like(output).uniform_(-scale, scale)
+
+    return hook
+
+
+def read_dev_prompts(path: Path) -> list[str]:
+    """Instructions to answer after every epoch: a JSON list of strings (or of records with an `instruction`),
+    or a text file with one per line."""
+    if not path.is_file():
+        raise UserError(f"--dev_prompts {path} does not exist; pass a JSON list of instructions or a text file")
+    if path.suffix == ".json":
+        items = read_json(path)
+        if not isinstance(items, list):
+            raise UserError(f"{path}: expected a JSON list of instructions")
+        prompts = [item["instruction"] if isinstance(item, dict) and "instruction" in item else item for item in items]
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if bad:
+            raise UserError(f"{path}: item {bad[0]} is not an instruction string (or a record with `instruction`)")
+        return prompts
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class EpochTracker:
+    """What each epoch ended with: validation loss and the answers to the dev prompts, written side by side to
+    `dev_generations.md` (and `.jsonl`) so a user can pick an epoch by reading; and early stopping on the loss."""
+
+    def __init__(self, out_dir: Path, patience: int | None) -> None:
+        self.out_dir, self.patience = out_dir, patience
+        self.records: list[dict[str, Any]] = []
+
+    def record(self, epoch: int, step: int, val_loss: float, answers: dict[str, str]) -> None:
+        self.records.append({"epoch": epoch, "step": step, "val_loss": val_loss, "answers": answers})
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
+        atomic_write_text(self.out_dir / "dev_generations.jsonl", lines)
+        atomic_write_text(self.out_dir / "dev_generations.md", self.markdown())
+
+    @property
+    def best_epoch(self) -> int | None:
+        return min(self.records, key=lambda r: r["val_loss"])["epoch"] if self.records else None
+
+    def should_stop(self) -> bool:
+        if self.patience is None or not self.records:
+            return False
+        return self.records[-1]["epoch"] - self.best_epoch >= self.patience
+
+    def markdown(self) -> str:
+        cell = lambda text: text.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
+        out = ["# After each epoch\n", "| epoch | step | validation loss |", "|---|---|---|"]
+        out += [f"| {r['epoch']} | {r['step']} | {r['val_loss']:.4f} |" for r in self.records]
+        prompts = list(self.records[-1]["answers"]) if self.records else []
+        for i, prompt in enumerate(prompts, 1):
+            out += [f"\n## {i}. {cell(prompt)}\n", "| epoch | answer |", "|---|---|"]
+            out += [f"| {r['epoch']} | {cell(r['answers'].get(prompt, ''))} |" for r in self.records]
+        return "\n".join(out) + "\n"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"records": self.records}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.records = list(state["records"])

@@ -213,3 +213,81 @@ def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path
     _train(workspace, tmp_path / "out", max_iters=4)
     with pytest.raises(UserError, match="resume with the same LoRA settings"):
         _train(workspace, tmp_path / "out", max_iters=8, lora_r=4, resume=True)
+
+
+@pytest.mark.parametrize("order", ["none", "length", "source", "category"])
+def test_orders_are_deterministic_and_respect_their_key(order: str) -> None:
+    from lit_gpt.batching import epoch_order
+
+    keys = {"none": None, "length": [5, 1, 9, 1, 3, 7], "source": list("aabbba"), "category": list("xyxyxz")}[order]
+    first, again, later = (epoch_order(6, 3, e, order, keys) for e in (0, 0, 1))
+    assert first == again and sorted(first) == list(range(6))
+    if order == "none":
+        assert first == later == list(range(6))
+    elif order == "length":
+        assert [keys[i] for i in first] == sorted(keys)
+        assert [keys[i] for i in epoch_order(6, 3, 0, order, keys, descending=True)] == sorted(keys, reverse=True)
+    else:
+        assert [keys[i] for i in first] == sorted(keys)  # blocked, groups by name
+        assert first != later  # reshuffled within groups per epoch
+
+
+def test_interleaved_groups_spread_evenly() -> None:
+    from lit_gpt.batching import epoch_order
+
+    keys = ["lima"] * 8 + ["dolly"] * 4
+    order = epoch_order(12, 0, 0, "source", keys, interleave=True)
+    assert "".join("D" if keys[i] == "dolly" else "L" for i in order) in ("LDLLDLLDLLDL", "DLLDLLDLLDLL", "LLDLLDLLDLLD")
+
+
+def test_neftune_noise_only_while_training() -> None:
+    from lit_gpt.training import neftune_hook
+
+    embed = torch.nn.Embedding(10, 8)
+    embed.register_forward_hook(neftune_hook(5.0))
+    idx = torch.tensor([[1, 2, 3, 4]])
+    clean = embed.eval()(idx)
+    noisy = embed.train()(idx)
+    noise = noisy - clean
+    assert noise.abs().max() <= 5.0 / (4 * 8) ** 0.5 and noise.abs().max() > 0.1
+
+
+def test_every_epoch_saves_an_adapter_and_answers_the_dev_prompts(workspace: dict[str, Path], tmp_path: Path) -> None:
+    prompts = tmp_path / "dev.json"
+    prompts.write_text(json.dumps(["Name color number 3.", "Name color number 7."]))
+    # 32 training examples, 8 per step: an epoch every 4 steps
+    result = _train(workspace, tmp_path / "out", max_iters=None, epochs=3, batch_size=8, micro_batch_size=8,
+                    eval_interval=1000, dev_prompts=prompts, order="length")
+    out = tmp_path / "out"
+    records = [json.loads(line) for line in (out / "dev_generations.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3] and [r["step"] for r in records] == [4, 8, 12]
+    assert all(set(r["answers"]) == {"Name color number 3.", "Name color number 7."} for r in records)
+    assert all((out / f"epoch-{e}" / "lit_lora.safetensors").is_file() for e in (1, 2, 3))
+    markdown = (out / "dev_generations.md").read_text()
+    assert "## 2. Name color number 7." in markdown and markdown.count("| 3 |") == 3
+    assert result["steps"] == 12
+
+
+def test_early_stopping_counts_epochs_since_the_best(tmp_path: Path) -> None:
+    from lit_gpt.training import EpochTracker
+
+    tracker = EpochTracker(tmp_path, patience=2)
+    stops = []
+    for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.1, 2.6], 1):
+        tracker.record(epoch, epoch * 10, loss, {})
+        stops.append(tracker.should_stop())
+    assert stops == [False, False, False, True, True] and tracker.best_epoch == 2
+    restored = EpochTracker(tmp_path, patience=2)
+    restored.load_state_dict(tracker.state_dict())
+    assert restored.should_stop() and restored.best_epoch == 2
+    assert not EpochTracker(tmp_path, patience=None).should_stop()
+
+
+def test_training_stops_early_when_validation_stops_improving(workspace: dict[str, Path], tmp_path: Path) -> None:
+    # a learning rate far too high makes the validation loss worse after the first epoch
+    result = _train(workspace, tmp_path / "out", max_iters=None, epochs=6, batch_size=8, micro_batch_size=8,
+                    eval_interval=1000, learning_rate=5.0, grad_clip=0.0, warmup_steps=0, early_stopping_patience=1)
+    records = [json.loads(line) for line in (tmp_path / "out" / "dev_generations.jsonl").read_text().splitlines()]
+    assert len(records) < 6 and result["steps"] == 4 * len(records)
+    best = min(range(len(records)), key=lambda i: records[i]["val_loss"])
+    assert len(records) - 1 - best == 1
