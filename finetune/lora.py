@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 import torch
 
-from lit_gpt.batching import EpochStream, micro_batches, order_keys, pad_collate
+from lit_gpt.batching import EpochStream, order_keys, step_batches
 from lit_gpt.checkpoint import load_model
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.generate import generate_tokens
@@ -24,7 +24,8 @@ from lit_gpt.prompts import load_prompt_style
 from lit_gpt.quantize import quantize_model
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training import (
-    STATE_NAME, EpochTracker, MetricsCSV, effective_warmup, load_state, lr_at, masked_loss_sum, neftune_hook,
+    STATE_NAME, EpochTracker, MetricsCSV, chunked_loss_sum, effective_warmup, load_state, lr_at, masked_loss_sum,
+    neftune_hook,
     read_dev_prompts, rng_states, save_state, set_rng_states, trainable_tokens,
 )
 from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precision_dtype, require_dir, resolve_checkpoint_dir
@@ -60,6 +61,8 @@ order_score_column = "ifd"  # the column of scripts/score_dataset.py that `order
 neftune_alpha = 0.0  # NEFTune noise on the input embeddings while training (5 in the paper); 0 disables it
 early_stopping_patience: int | None = None  # stop after this many epochs without a better validation loss
 dev_prompts: Path | None = None  # instructions answered after every epoch, side by side in dev_generations.md
+packing = False  # several examples per row (attention kept inside each): almost no compute spent on padding
+lm_head_chunk_size = 0  # apply the head and loss this many positions at a time (e.g. 128); 0 = all at once
 # ------------------------------------------------------------------------------------
 
 
@@ -103,6 +106,8 @@ def setup(
     neftune_alpha: float = neftune_alpha,
     early_stopping_patience: int | None = early_stopping_patience,
     dev_prompts: Path | None = dev_prompts,
+    packing: bool = packing,
+    lm_head_chunk_size: int = lm_head_chunk_size,
 ) -> dict:
     """Finetune with LoRA: base weights frozen, low-rank adapters trained, saved with their hyperparameters.
 
@@ -151,6 +156,10 @@ def setup(
         early_stopping_patience: Stop after this many epochs without a better validation loss (None: never).
         dev_prompts: A JSON list (or one-per-line text file) of instructions answered with greedy decoding after
             every epoch, written side by side to out_dir/dev_generations.md to pick an epoch by reading answers.
+        packing: Pack several examples into each row of max_seq_length tokens, with attention confined to each
+            example and positions restarting: the loss is the same as padded, with far fewer padding tokens.
+        lm_head_chunk_size: Compute the output head and loss this many positions at a time, so the full
+            tokens x vocabulary logits are never held at once (0: all at once).
     """
     import lightning as L
     from lightning.fabric.loggers import TensorBoardLogger
@@ -176,7 +185,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     tokenizer = Tokenizer(checkpoint_dir)
     train, val = TokenizedDataset(data_dir, "train", tokenizer), TokenizedDataset(data_dir, "test", tokenizer)
     longest = int(train.lengths.max())
-    max_seq_length = min(h["override_max_seq_length"] or longest, longest)
+    # the row length: packing fills rows up to it even when every example is shorter
+    max_seq_length = h["override_max_seq_length"] or longest
     cut = int((train.lengths > max_seq_length).sum())
     fabric.print(f"{len(train):,} training / {len(val):,} validation examples; max_seq_length {max_seq_length} "
                  f"({cut} training examples longer than that are cut, losing their end and EOS)")
@@ -240,7 +250,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     history: list[dict] = []
     val_prompt = _prompt_of(val[0]) if len(val) else None
     if step == 0:
-        initial = {"step": 0, "val_loss": validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])}
+        initial = {"step": 0, "val_loss": validate(fabric, model, raw_model, val, max_seq_length, h)}
         fabric.log_dict(initial, step=0)
         if metrics_csv:
             metrics_csv.log(initial)
@@ -249,8 +259,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     t_start = time.perf_counter()
     while step < max_steps:
         t0 = time.perf_counter()
-        batches = [pad_collate([train[i] for i in mb], max_seq_length)
-                   for mb in micro_batches(stream.step(step), fabric.global_rank, world, h["micro_batch_size"])]
+        mine = stream.step(step)[fabric.global_rank :: world]
+        batches = step_batches([train[i] for i in mine], h["micro_batch_size"], max_seq_length, h["packing"])
         # the loss is a mean over the trainable tokens of the whole global batch, on every device
         local_tokens = sum(trainable_tokens(b["labels"]) for b in batches)
         global_tokens = int(fabric.all_reduce(torch.tensor(local_tokens, device=fabric.device), reduce_op="sum"))
@@ -260,8 +270,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         loss_sum = torch.zeros((), device=fabric.device)
         for i, batch in enumerate(batches):
             with fabric.no_backward_sync(model, enabled=i < len(batches) - 1):
-                logits = model(batch["input_ids"].to(fabric.device))
-                loss, _ = masked_loss_sum(logits, batch["labels"].to(fabric.device))
+                loss, _ = batch_loss(fabric, model, raw_model, batch, h["lm_head_chunk_size"])
                 # DDP averages gradients over devices; scaling by world size turns that into the global mean
                 fabric.backward(loss * world / max(global_tokens, 1))
             loss_sum += loss.detach()
@@ -283,7 +292,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
                    "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": _peak_memory_mb(fabric)}
         epoch_end = int(stream.epoch_of(step)) > int(stream.epoch_of(step - 1))
         if step % h["eval_interval"] == 0 or step == max_steps or epoch_end:
-            metrics["val_loss"] = validate(fabric, model, val, max_seq_length, h["micro_batch_size"], h["eval_iters"])
+            metrics["val_loss"] = validate(fabric, model, raw_model, val, max_seq_length, h)
             if val_prompt is not None and fabric.global_rank == 0:
                 sample = _sample(raw_model, tokenizer, val_prompt, fabric.device)
                 fabric.print(f"step {step} sample: {sample!r}")
@@ -321,15 +330,25 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     return {"history": history, **summary}
 
 
+def batch_loss(fabric, model, raw_model, batch: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """Summed loss and trainable-token count of one micro-batch (padded or packed)."""
+    input_ids, labels = batch["input_ids"].to(fabric.device), batch["labels"].to(fabric.device)
+    positions = batch["positions"].to(fabric.device) if "positions" in batch else None
+    if not chunk_size:
+        return masked_loss_sum(model(input_ids, positions=positions), labels)
+    hidden = model(input_ids, positions=positions, head=False)
+    return chunked_loss_sum(hidden, raw_model.lm_head, labels, chunk_size)
+
+
 @torch.no_grad()
-def validate(fabric, model, val: TokenizedDataset, max_seq_length: int, micro_batch_size: int, eval_iters: int) -> float:
-    """Mean loss per trainable token over (at most `eval_iters` micro-batches of) the validation split."""
+def validate(fabric, model, raw_model, val: TokenizedDataset, max_seq_length: int, h: dict) -> float:
+    """Mean loss per trainable token over the first `eval_iters` x `micro_batch_size` validation examples."""
     model.eval()
     total, tokens = torch.zeros((), device=fabric.device), 0
-    indices = list(range(len(val)))[fabric.global_rank :: fabric.world_size]
-    for k in range(0, min(len(indices), eval_iters * micro_batch_size), micro_batch_size):
-        batch = pad_collate([val[i] for i in indices[k : k + micro_batch_size]], max_seq_length)
-        loss, n = masked_loss_sum(model(batch["input_ids"].to(fabric.device)), batch["labels"].to(fabric.device))
+    # the same examples whether packed or not, so validation losses compare across runs
+    mine = list(range(len(val)))[fabric.global_rank :: fabric.world_size][: h["eval_iters"] * h["micro_batch_size"]]
+    for batch in step_batches([val[i] for i in mine], h["micro_batch_size"], max_seq_length, h["packing"]):
+        loss, n = batch_loss(fabric, model, raw_model, batch, h["lm_head_chunk_size"])
         total += loss
         tokens += n
     model.train()

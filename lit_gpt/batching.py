@@ -5,7 +5,8 @@ stream[s * batch_size : (s + 1) * batch_size]. Every example is seen exactly onc
 position of a run is just its step count, so a resumed run sees exactly the batches it would have seen.
 
     epoch 0: 7 2 9 0 4 | 1 8 3 6 5      epoch 1: 3 0 8 ...      (batch_size 5: one row per optimizer step)
-    step 0 -> 7 2 9 0 4; with 2 devices, rank 0 takes 7 9 4 and rank 1 takes 2 0, then micro-batches of those
+    step 0 -> 7 2 9 0 4; with 2 devices, rank 0 takes 7 9 4 and rank 1 takes 2 0 (`indices[rank::world_size]`),
+    then micro-batches of those: padded to the longest example, or packed several to a row (`packed_collate`)
 
 Orders (`--order` in finetune/lora.py), all deterministic under the seed:
 
@@ -90,10 +91,20 @@ class EpochStream:
         return step * self.batch_size / self.n
 
 
-def micro_batches(indices: Sequence[int], rank: int, world_size: int, micro_batch_size: int) -> list[list[int]]:
-    """This rank's share of one optimizer step's examples, cut into micro-batches."""
-    mine = list(indices[rank::world_size])
-    return [mine[i : i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
+def step_batches(samples: Sequence[dict[str, torch.Tensor]], micro_batch_size: int, max_seq_length: int,
+                 packing: bool = False) -> list[dict[str, torch.Tensor]]:
+    """One device's micro-batches for one optimizer step: `micro_batch_size` padded examples each, or with
+    `packing`, `micro_batch_size` rows of packed examples each (fewer rows, almost no padding)."""
+    if not packing:
+        return [pad_collate(samples[i : i + micro_batch_size], max_seq_length)
+                for i in range(0, len(samples), micro_batch_size)]
+    rows = packed_collate(samples, max_seq_length)
+    batches = []
+    for i in range(0, len(rows["length"]), micro_batch_size):
+        T = int(rows["length"][i : i + micro_batch_size].max())  # as long as this micro-batch's longest row
+        batches.append({k: v[i : i + micro_batch_size, :T] if v.dim() == 2 else v[i : i + micro_batch_size]
+                        for k, v in rows.items()})
+    return batches
 
 
 def pad_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int | None = None,
@@ -112,3 +123,50 @@ def pad_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int 
         labels[row, : len(s["labels"])] = s["labels"]
     length = torch.tensor([len(s["input_ids"]) for s in cut])
     return {"input_ids": input_ids, "labels": labels, "length": length}
+
+
+def pack_rows(lengths: Sequence[int], max_seq_length: int) -> list[list[int]]:
+    """Group examples, in order, into rows of at most `max_seq_length` tokens: each row takes the next examples
+    until one does not fit (so the order the dataset tools chose survives packing)."""
+    rows: list[list[int]] = []
+    used = max_seq_length  # forces a first row
+    for i, length in enumerate(lengths):
+        length = min(length, max_seq_length)
+        if used + length > max_seq_length:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += length
+    return rows
+
+
+def packed_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int,
+                   pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Several examples per row (see `pack_rows`): input_ids, labels and positions (R, T), length (R,).
+
+    Positions restart at 0 for every example; the model turns them into block-diagonal attention, so nothing
+    attends across examples. Each example's first label is IGNORE_INDEX: the token before it belongs to another
+    example, so it has nothing to be predicted from, exactly as the first token of an unpacked row. The summed
+    loss of a packed batch therefore equals that of the same examples padded one per row.
+
+        input_ids  a0 a1 a2 b0 b1 c0 c1 c2 pad
+        positions   0  1  2  0  1  0  1  2   0
+        labels      -  .  .  -  .  -  .  .   -      (- = IGNORE_INDEX, . = the example's own label)
+    """
+    cut = [{k: v[:max_seq_length] for k, v in s.items()} for s in samples]
+    rows = pack_rows([len(s["input_ids"]) for s in cut], max_seq_length)
+    T = max(sum(len(cut[i]["input_ids"]) for i in row) for row in rows)
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(rows), T), dtype=torch.long)
+    length = torch.zeros(len(rows), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for i in row:
+            n = len(cut[i]["input_ids"])
+            input_ids[r, start : start + n] = cut[i]["input_ids"]
+            labels[r, start + 1 : start + n] = cut[i]["labels"][1:]
+            positions[r, start : start + n] = torch.arange(n)
+            start += n
+        length[r] = start
+    return {"input_ids": input_ids, "labels": labels, "positions": positions, "length": length}

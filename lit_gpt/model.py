@@ -54,23 +54,32 @@ class GPT(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for token ids `idx` (B, T).
+    def forward(
+        self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, positions: torch.Tensor | None = None,
+        head: bool = True,
+    ) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids `idx` (B, T); with `head=False` the final normed hidden
+        states (B, T, n_embd) instead, for a loss that applies the head in chunks.
 
         Without `input_pos`: a full causal pass (training, evaluation). With `input_pos` (T,) the absolute
-        positions of `idx`: a step of cached generation; needs `set_kv_cache` first.
+        positions of `idx`: a step of cached generation; needs `set_kv_cache` first. With `positions` (B, T):
+        rows of packed examples, each example's positions restarting at 0; attention stays inside each example.
         """
         B, T = idx.shape
-        if input_pos is None:
-            if T > self.max_seq_length:
-                raise ValueError(f"sequence of {T} tokens exceeds max_seq_length={self.max_seq_length}")
+        if input_pos is not None:
+            positions = input_pos
+            mask = build_mask(positions, self.blocks[0].attn.kv_cache.size, self.config.sliding_window)
+        elif T > self.max_seq_length:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_length={self.max_seq_length}")
+        elif positions is not None:
+            mask = build_packed_mask(positions, self.config.sliding_window)  # (B, 1, T, T)
+        else:
             positions = torch.arange(T, device=idx.device)
             # plain causal attention lets SDPA pick its fused kernels; a window needs an explicit mask
             mask = None if self.config.sliding_window is None else build_mask(positions, T, self.config.sliding_window)
-        else:
-            positions = input_pos
-            mask = build_mask(positions, self.blocks[0].attn.kv_cache.size, self.config.sliding_window)
-        cos, sin = self.cos[positions], self.sin[positions]  # (T, rope_n_elem)
+        cos, sin = self.cos[positions], self.sin[positions]  # (T, rope_n_elem), or (B, T, rope_n_elem) packed
+        if cos.dim() == 3:
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, rope_n_elem): the same for every head
 
         x = self.embed(idx)  # (B, T, n_embd)
         for block in self.blocks:
@@ -78,7 +87,8 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, cos, sin, mask, input_pos, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, input_pos)
-        return self.lm_head(self.norm(x))  # (B, T, vocab_size)
+        x = self.norm(x)
+        return self.lm_head(x) if head else x  # (B, T, vocab_size) or (B, T, n_embd)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None, dtype: torch.dtype | None = None) -> None:
         """Allocate a per-block key/value cache for generating up to `max_seq_length` tokens (prompt included)."""
@@ -237,6 +247,26 @@ def build_mask(positions: torch.Tensor, kv_len: int, sliding_window: int | None)
     if sliding_window is not None:
         mask &= keys[None, :] > positions[:, None] - sliding_window
     return mask
+
+
+def build_packed_mask(positions: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    r"""Boolean mask (B, 1, T, T) for rows of packed examples: causal, and confined to each example.
+
+    An example starts wherever its position is 0. Rows [a a a b b c] (positions 0 1 2 0 1 0) give
+
+        a . . . . .
+        a a . . . .
+        a a a . . .        block-diagonal causal: no token sees another example, so each example is
+        . . . b . .        computed exactly as if it were alone in its row
+        . . . b b .
+        . . . . . c
+    """
+    T = positions.size(1)
+    example = (positions == 0).cumsum(dim=-1)  # (B, T): which example each token belongs to
+    mask = (example[:, :, None] == example[:, None, :]) & torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()
+    if sliding_window is not None:
+        mask &= (positions[:, :, None] - positions[:, None, :]) < sliding_window
+    return mask[:, None]  # (B, 1, T, T)
 
 
 class KVCache(nn.Module):

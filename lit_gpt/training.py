@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.utils import UserError, atomic_path, atomic_write_text, read_json
@@ -44,6 +45,30 @@ def masked_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
         ignore_index=IGNORE_INDEX, reduction="sum",
     )
     return loss, int((targets != IGNORE_INDEX).sum())
+
+
+def chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
+                     chunk_size: int) -> tuple[torch.Tensor, int]:
+    """`masked_loss_sum(head(hidden), labels)` without ever holding the full (B, T, vocab) logits.
+
+    The head and the cross-entropy run on `chunk_size` positions at a time, each chunk under activation
+    checkpointing, so forward and backward hold one chunk's logits (vocab x chunk_size floats) instead of all of
+    them: for a 32k vocabulary at 2048 tokens that is 256 MB of float32 logits (and as much again for their
+    gradient) down to 16 MB at chunk_size 128.
+    """
+    hidden, targets = hidden[:, :-1], labels[:, 1:]  # position t predicts label t + 1
+    n_embd = hidden.size(-1)
+    hidden, targets = hidden.reshape(-1, n_embd), targets.reshape(-1)  # (B * (T - 1), n_embd), (B * (T - 1),)
+
+    def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
+
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.size(0), chunk_size):
+        h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if (y != IGNORE_INDEX).any():  # prompt-only chunks contribute nothing: skip their head matmul
+            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
+    return total, int((targets != IGNORE_INDEX).sum())
 
 
 def trainable_tokens(labels: torch.Tensor) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_gpt.batching import EpochStream, micro_batches, pad_collate
+from lit_gpt.batching import EpochStream, pad_collate, step_batches
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.training import effective_warmup, lr_at, masked_loss_sum
 
@@ -203,7 +203,8 @@ def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
     assert seen[:10] != seen[10:]  # reshuffled
     assert EpochStream(n=10, batch_size=4, seed=7).step(3) == stream.step(3)  # the position is the step
-    assert micro_batches([5, 6, 7, 8], rank=1, world_size=2, micro_batch_size=1) == [[6], [8]]
+    samples = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in (3, 5, 2)]
+    assert [b["input_ids"].shape for b in step_batches(samples, 2, max_seq_length=4)] == [(2, 4), (1, 2)]
     assert math.isclose(stream.epoch_of(5), 2.0)
 
 
@@ -291,3 +292,21 @@ def test_training_stops_early_when_validation_stops_improving(workspace: dict[st
     assert len(records) < 6 and result["steps"] == 4 * len(records)
     best = min(range(len(records)), key=lambda i: records[i]["val_loss"])
     assert len(records) - 1 - best == 1
+
+
+def test_packing_and_chunked_head_train_exactly_like_padding(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """Same examples per step, packed and with the head applied in chunks: the same losses, step for step."""
+    common = dict(max_iters=None, epochs=1, eval_iters=8, lora_dropout=0.0, lora_head=True)
+    padded = _train(workspace, tmp_path / "padded", **common)
+    # packed: micro-batches of one full row each, so no padding at all
+    packed = _train(workspace, tmp_path / "packed", **common, packing=True, lm_head_chunk_size=16,
+                    override_max_seq_length=128, micro_batch_size=1)
+    for a, b in zip(padded["history"], packed["history"], strict=True):
+        for key in ("train_loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+        if "tokens_real" in a:
+            assert b["tokens_real"] == a["tokens_real"]
+    padding = [sum(m["tokens_padded"] - m["tokens_real"] for m in r["history"] if "tokens_real" in m)
+               for r in (padded, packed)]
+    assert padding[0] > 0 and padding[1] == 0

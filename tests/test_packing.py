@@ -1,0 +1,103 @@
+"""Packing several examples per row changes nothing but the padding; the chunked loss changes nothing but memory."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_gpt.batching import pack_rows, packed_collate, pad_collate, step_batches
+from lit_gpt.config import Config
+from lit_gpt.data.tokenize import IGNORE_INDEX
+from lit_gpt.model import GPT
+from lit_gpt.training import chunked_loss_sum, masked_loss_sum
+
+CONFIGS = {
+    "llama_gqa": Config(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=48,
+                        block_size=64),
+    "mistral_window": Config(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=48,
+                             block_size=64, architecture="mistral", sliding_window=4),
+    "neox_partial_rotary": Config(vocab_size=64, n_layer=2, n_embd=32, n_head=4, intermediate_size=48, block_size=64,
+                                  architecture="gpt_neox", norm_class="LayerNorm", mlp_class="gelu", attn_bias=True,
+                                  mlp_bias=True, rotary_percentage=0.25, parallel_residual=True),
+}
+
+
+def _samples(seed: int = 0, lengths=(7, 3, 11, 5, 9, 4)) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(1, 64, (n,), generator=g)
+        labels = ids.clone()
+        labels[: n // 2] = IGNORE_INDEX  # a masked prompt
+        out.append({"input_ids": ids, "labels": labels})
+    return out
+
+
+def _model(name: str) -> GPT:
+    torch.manual_seed(0)
+    return GPT(CONFIGS[name]).eval()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_packed_loss_equals_unpacked(name: str) -> None:
+    model, samples = _model(name), _samples()
+    packed = packed_collate(samples, max_seq_length=16)
+    assert packed["input_ids"].shape[0] < len(samples)  # several examples share rows
+    padded = pad_collate(samples)
+    with torch.no_grad():
+        loss_packed, n_packed = masked_loss_sum(model(packed["input_ids"], positions=packed["positions"]),
+                                                packed["labels"])
+        loss_padded, n_padded = masked_loss_sum(model(padded["input_ids"]), padded["labels"])
+    assert n_packed == n_padded
+    torch.testing.assert_close(loss_packed, loss_padded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_no_attention_across_examples(name: str) -> None:
+    """Perturb one packed example: the logits of the others in its row do not change at all."""
+    model, samples = _model(name), _samples(lengths=(6, 5, 4))
+    batch = packed_collate(samples, max_seq_length=32)
+    assert batch["input_ids"].shape[0] == 1
+    perturbed = batch["input_ids"].clone()
+    perturbed[0, 6:11] = (perturbed[0, 6:11] + 7) % 64  # the middle example
+    with torch.no_grad():
+        before = model(batch["input_ids"], positions=batch["positions"])
+        after = model(perturbed, positions=batch["positions"])
+    torch.testing.assert_close(after[0, :6], before[0, :6], rtol=0, atol=0)
+    torch.testing.assert_close(after[0, 11:], before[0, 11:], rtol=0, atol=0)
+    assert (after[0, 6:11] - before[0, 6:11]).abs().max() > 1e-3
+
+
+def test_positions_restart_and_labels_never_cross_a_boundary() -> None:
+    samples = _samples(lengths=(3, 2, 4))
+    samples[1]["labels"] = samples[1]["input_ids"].clone()  # trained on every token, the first included
+    batch = packed_collate(samples, max_seq_length=16)
+    assert batch["positions"][0].tolist() == [0, 1, 2, 0, 1, 0, 1, 2, 3]
+    # the first token of each example is never a target of the token before it
+    assert batch["labels"][0, [0, 3, 5]].tolist() == [IGNORE_INDEX] * 3
+    assert batch["length"].tolist() == [9]
+
+
+def test_packing_keeps_the_order_and_the_row_limit() -> None:
+    rows = pack_rows([5, 4, 3, 8, 1, 1, 6], max_seq_length=9)
+    assert rows == [[0, 1], [2], [3, 4], [5, 6]]
+    assert [i for row in rows for i in row] == list(range(7))
+    batches = step_batches(_samples(lengths=(5, 4, 3, 8, 1, 1, 6)), 3, max_seq_length=9, packing=True)
+    assert [b["input_ids"].shape[0] for b in batches] == [3, 1]
+    assert all(int(length) <= 9 for b in batches for length in b["length"])
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 128])
+def test_chunked_loss_equals_full_loss_and_gradient(chunk_size: int) -> None:
+    model = _model("llama_gqa").train()
+    batch = pad_collate(_samples())
+    full, n_full = masked_loss_sum(model(batch["input_ids"]), batch["labels"])
+    full.backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    chunked, n_chunked = chunked_loss_sum(model(batch["input_ids"], head=False), model.lm_head, batch["labels"],
+                                          chunk_size)
+    chunked.backward()
+    assert n_chunked == n_full
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
+    for g, e in zip((p.grad for p in model.parameters()), expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
