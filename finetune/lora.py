@@ -33,7 +33,7 @@ from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precis
 # ------------------------------------------------------------------------------------ hyperparameters
 learning_rate = 3e-4
 batch_size = 16  # examples per optimizer step, over all devices
-micro_batch_size = 1  # examples per forward/backward pass; gradients accumulate up to batch_size
+micro_batch_size = 1  # examples (with packing: rows) per forward/backward pass; gradients accumulate to batch_size
 epochs = 3  # passes over the training split
 max_iters: int | None = None  # micro-batch iterations per device; replaces `epochs` when set (1000 ~ one pass over LIMA)
 warmup_steps = 10  # optimizer steps of linear warm-up before the cosine decay
@@ -125,7 +125,8 @@ def setup(
         seed: Seed for the LoRA init, the data order and dropout.
         learning_rate: Peak learning rate of AdamW, reached after the warm-up.
         batch_size: Examples per optimizer step, over all devices.
-        micro_batch_size: Examples per forward/backward pass on one device.
+        micro_batch_size: Examples per forward/backward pass on one device (with --packing: rows of packed
+            examples; 1 keeps every micro-batch free of padding).
         epochs: Passes over the training split (ignored when max_iters is set).
         max_iters: Micro-batch iterations per device to run instead of epochs.
         warmup_steps: Optimizer steps of linear warm-up from 0.
@@ -193,8 +194,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
 
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if max_seq_length > model.config.block_size:
-        raise UserError(f"examples of {max_seq_length} tokens exceed the model's context ({model.config.block_size}); "
-                        f"set --override_max_seq_length {model.config.block_size}")
+        raise UserError(f"max_seq_length {max_seq_length} exceeds the model's context ({model.config.block_size} "
+                        f"tokens); set --override_max_seq_length {model.config.block_size}")
     model.max_seq_length = max_seq_length
     if h["quantize"]:
         quantize_model(model, h["quantize"], log=fabric.print)
