@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 # Fixed file names inside a converted checkpoint folder (documented once, in the README).
 LIT_CONFIG_NAME = "lit_config.json"
@@ -21,18 +21,45 @@ class UserError(Exception):
     """
 
 
-def cli(function: Callable[..., Any], **kwargs: Any) -> Any:
-    """Run `function` as a jsonargparse CLI: its signature and docstring become the flags and `--help`."""
+def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwargs: Any) -> Any:
+    """Run `function` as a jsonargparse CLI: its signature and docstring become the flags and `--help`.
+
+    List parameters take their values one after another (`--data_dirs a b`), as argparse's nargs="+" does.
+    """
+    import typing
+
     from jsonargparse import CLI
 
+    hints = typing.get_type_hints(function)
+    lists = [name for name, hint in hints.items()
+             if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))]
     try:
-        return CLI(function, as_positional=False, **kwargs)
+        argv = sys.argv[1:] if args is None else args
+        return CLI(function, as_positional=False, args=expand_list_flags(argv, lists), **kwargs)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def expand_list_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
+    """`--data_dirs a b` -> `--data_dirs '["a", "b"]'` for the list `flags`: jsonargparse reads a list flag as one
+    JSON value, while users write the values one after another, as with argparse's nargs="+"."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        out.append(argv[i])
+        i += 1
+        if argv[i - 1].removeprefix("--") in flags:
+            values = []
+            while i < len(argv) and not argv[i].startswith("--"):
+                values.append(argv[i])
+                i += 1
+            single_json = len(values) == 1 and values[0].lstrip().startswith("[")
+            out.extend(values if single_json or not values else [json.dumps(values)])
+    return out
 
 
 def resolve_checkpoint_dir(checkpoint_dir: Path | str, root: Path | str = "checkpoints") -> Path:

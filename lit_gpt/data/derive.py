@@ -34,6 +34,16 @@ def check_same_tokenizer(datasets: Sequence[TokenizedDataset]) -> None:
                         "--checkpoint_dir")
 
 
+def check_same_prompt_style(datasets: Sequence[TokenizedDataset]) -> None:
+    """Combined datasets must share one prompt format: finetuning renders its dev prompts in the one `meta.json`
+    names, and a model trained on two templates answers in either."""
+    styles = {(d.meta.get("prompt_style"), d.meta.get("chat_template_sha256")) for d in datasets}
+    if len(styles) > 1:
+        names = ", ".join(f"{d.data_dir} ({d.meta.get('prompt_style')})" for d in datasets)
+        raise UserError(f"the datasets were prepared with different prompt styles or chat templates: {names}; "
+                        "prepare them again with the same --prompt_style")
+
+
 def dataset_sha256(data_dir: Path) -> str:
     """A content hash of a prepared dataset (its arrays and provenance), for manifests."""
     digest = hashlib.sha256()
@@ -59,6 +69,7 @@ def write_derived(destination: Path, splits: dict[str, Sequence[Pick]], manifest
     if not sources:
         raise UserError("nothing to write: no example was selected")
     check_same_tokenizer(sources)
+    check_same_prompt_style(sources)
     check_destination(destination)
     provenance_of = {id(d): d.provenance() for d in sources}
     meta = {**sources[0].meta, "derived": True, "samples": {split: len(picks) for split, picks in splits.items()}}
