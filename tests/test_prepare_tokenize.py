@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lit_gpt.data.tokenize import IGNORE_INDEX, Sample, SegmentEncoder, truncate
-from lit_gpt.prompts import Alpaca, ChatTemplate, Turn, load_prompt_style
+from lit_gpt.prompts import Alpaca, ChatTemplate, Segment, Turn, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
 from prepare_helpers import (
@@ -171,6 +171,17 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path: Path) -> No
 @pytest.fixture
 def bpe(tokenizers: dict, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return _tokenizer("bpe", tokenizers, tmp_path_factory)
+
+
+def test_a_response_is_learned_up_to_its_last_eos(bpe: Tokenizer) -> None:
+    encoder = SegmentEncoder(bpe)
+    eos, ignored = encoder.eos_id, IGNORE_INDEX
+    segments = [Segment("prompt", trainable=False), Segment("response", trainable=True)]
+    # ids given directly: build only joins and labels them; what follows the last EOS (ChatML's newline) is context
+    sample = encoder.build(segments, [[5, 6], [7, eos, 8, eos, 9]], bos=False)
+    assert sample.labels == [ignored, ignored, 7, eos, 8, eos, ignored] and sample.responses == [(2, 6)]
+    sample = encoder.build(segments, [[5, 6], [7, 8]], bos=False)  # no EOS at all: the whole response
+    assert sample.labels == [ignored, ignored, 7, 8] and sample.responses == [(2, 4)]
 
 
 def test_truncation_inside_a_response_keeps_the_eos(bpe: Tokenizer) -> None:

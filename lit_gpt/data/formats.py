@@ -25,6 +25,9 @@ from lit_gpt.prompts import Turn
 from lit_gpt.utils import UserError
 
 
+_TEXT_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False) without a new encoder per call
+
+
 @dataclass(frozen=True)
 class Example:
     """One training sample before tokenization: a conversation, and where it came from."""
@@ -38,7 +41,7 @@ class Example:
     def text_sha256(self) -> str:
         """sha256 of the conversation text: equal for exact duplicates, whatever file or row they came from."""
         parts = [[t.instruction, t.input, t.response] for t in self.turns]
-        return hashlib.sha256(json.dumps(parts, ensure_ascii=False).encode()).hexdigest()
+        return hashlib.sha256(_TEXT_JSON.encode(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

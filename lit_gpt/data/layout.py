@@ -65,7 +65,8 @@ class Split:
         np.save(folder / LABELS_NAME, np.array(self.labels, dtype=np.int32))
         np.save(folder / OFFSETS_NAME, offsets)
         with (folder / PROVENANCE_NAME).open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in self.provenance)
+            encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder for all lines, unlike json.dumps
+            f.writelines(encode(p) + "\n" for p in self.provenance)
 
 
 def check_destination(destination: Path) -> None:

@@ -103,8 +103,7 @@ class SegmentEncoder:
                 seg_ids = seg_ids + [self.eos_id]
             learned = 0
             if segment.trainable:
-                eos_at = [j for j, token in enumerate(seg_ids) if token == self.eos_id]
-                learned = eos_at[-1] + 1 if eos_at else len(seg_ids)
+                learned = _end_of_last(seg_ids, self.eos_id)
                 responses.append((len(ids), len(ids) + learned))
                 if mask_inputs and last_turn_only and i != last:
                     learned = 0
@@ -114,6 +113,14 @@ class SegmentEncoder:
             else:
                 labels += seg_ids[:learned] + [IGNORE_INDEX] * (len(seg_ids) - learned)
         return Sample(ids, labels, responses)
+
+
+def _end_of_last(ids: list[int], token: int) -> int:
+    """The position after the last `token` in `ids` (searched from the end, at C speed); len(ids) without one."""
+    try:
+        return len(ids) - ids[::-1].index(token)
+    except ValueError:
+        return len(ids)
 
 
 def conversation_prompt_ids(encoder: SegmentEncoder, segments: Sequence[Segment], bos: bool) -> list[int]:
