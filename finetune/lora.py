@@ -214,7 +214,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     world = fabric.world_size
     accumulation = h["batch_size"] // (world * h["micro_batch_size"])
     stream = EpochStream(len(train), h["batch_size"], seed=h["seed"], order=h["order"],
-                         keys=order_keys(train, h["order"], h["order_score_column"]),
+                         keys=order_keys(train, h["order"], h["order_score_column"], h["order_descending"]),
                          descending=h["order_descending"], interleave=h["order_interleave"])
     if h["max_iters"] is not None:
         max_steps = max(1, h["max_iters"] // accumulation)

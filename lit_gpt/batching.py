@@ -20,6 +20,7 @@ Orders (`--order` in finetune/lora.py), all deterministic under the seed:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -52,8 +53,9 @@ def epoch_order(n: int, seed: int, epoch: int, order: str = "shuffle", keys: Seq
     return sorted(shuffled, key=lambda i: keys[i] if order not in GROUP_ORDERS else str(keys[i]), reverse=descending)
 
 
-def order_keys(dataset, order: str, score_column: str = "ifd") -> list | None:
-    """The per-example keys `order` sorts or groups `dataset` (a TokenizedDataset) by; None for shuffle/none."""
+def order_keys(dataset, order: str, score_column: str = "ifd", descending: bool = False) -> list | None:
+    """The per-example keys `order` sorts or groups `dataset` (a TokenizedDataset) by; None for shuffle/none.
+    Examples without a score (NaN: nothing to score, or an unparseable judge reply) come last either way."""
     if order in ("shuffle", "none"):
         return None
     if order == "length":
@@ -62,7 +64,8 @@ def order_keys(dataset, order: str, score_column: str = "ifd") -> list | None:
         return [str(p.get(order) or "") for p in dataset.provenance()]
     from lit_gpt.data.scoring import read_score_column
 
-    return read_score_column(dataset, score_column).tolist()
+    last = float("-inf") if descending else float("inf")
+    return [last if math.isnan(v) else v for v in read_score_column(dataset, score_column).tolist()]
 
 
 class EpochStream:

@@ -1,0 +1,526 @@
+"""Per-example quality columns computed with a local model, stored beside a prepared dataset.
+
+`scripts/score_dataset.py` runs `score_dataset`; selection (`lit_gpt.data.selection`) and `--order score` in
+finetune/lora.py read the columns back with `read_scores` / `read_score_column`. Files it adds to the data folder:
+
+    DATA_DIR/
+      scores.json              what was computed, with which model and settings; one description per column
+      train/ and test/
+        scores.npy             a numpy structured array, one row per example in split order, columns:
+                                 loss_with_prompt  float64  mean cross-entropy (nats) of the response tokens given
+                                                            the prompt: the finetuning loss of this one example
+                                 loss_alone        float64  mean cross-entropy of the same response tokens with no
+                                                            prompt (BOS first when the tokenizer adds one)
+                                 ifd               float64  loss_with_prompt / loss_alone, the Instruction-Following
+                                                            Difficulty of Li et al. 2023 (arXiv:2308.12032)
+                                 tokens            int64    tokens in the example (prompt + response)
+                                 response_tokens   int64    tokens with a loss (label != IGNORE_INDEX)
+                                 judge             float64  (with --judge_checkpoint_dir) the judge's 1-5 rating
+        embeddings.npy         float32 (n, n_embd), with --embeddings: mean final hidden state over the example's
+                               tokens, the cheap embedding `--policy diverse` spreads its picks over
+        judge.jsonl            with --judge_checkpoint_dir: per example {"judge": rating or null, "text": what the
+                               judge wrote}, so a rating can be checked by reading
+        scores.partial/        only while a run is unfinished: finished batches, read back by a restarted run
+
+NaN marks a value that is undefined: a loss over zero tokens (a response cut off entirely by max_seq_length, or,
+without BOS, a one-token response alone: its only token has nothing before it to be predicted from), the IFD of
+such an example, and an unparseable judge rating.
+
+Why the two losses: a response the model predicts about as well without the instruction (IFD near or above 1)
+teaches little about following instructions; Cherry LLM keeps the highest-IFD examples below 1 and Superfiltering
+(Li et al. 2024) showed a small model's IFD ranks examples about as well as a large one's.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lit_gpt.data.dataset import TokenizedDataset
+from lit_gpt.data.layout import SPLITS
+from lit_gpt.data.tokenize import IGNORE_INDEX
+from lit_gpt.model import GPT
+from lit_gpt.tokenizer import Tokenizer
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
+
+FORMAT = "lit_gpt.scores.v1"
+SCORES_JSON_NAME = "scores.json"
+SCORES_NAME = "scores.npy"
+EMBEDDINGS_NAME = "embeddings.npy"
+JUDGE_NAME = "judge.jsonl"
+PARTIAL_NAME = "scores.partial"
+
+COLUMNS: dict[str, str] = {
+    "loss_with_prompt": "mean cross-entropy (nats) of the response tokens given the prompt",
+    "loss_alone": "mean cross-entropy of the same response tokens with no prompt (BOS first if the tokenizer adds "
+                  "one; without BOS the first response token is not scored)",
+    "ifd": "loss_with_prompt / loss_alone: Instruction-Following Difficulty (Li et al. 2023); >= 1 means the prompt "
+           "does not help predict the response",
+    "tokens": "tokens in the example, prompt and response",
+    "response_tokens": "tokens with a loss (label != IGNORE_INDEX)",
+    "judge": "the judge model's rating, 1 to 5 (NaN: unparseable)",
+}
+_FLOAT_COLUMNS = ("loss_with_prompt", "loss_alone", "ifd", "judge")
+
+SCORE_HINT = "python scripts/score_dataset.py --data_dir {data_dir} --checkpoint_dir checkpoints/ORG/NAME"
+
+
+# ------------------------------------------------------------------------------------------------ losses
+
+
+def cut(sample: dict[str, torch.Tensor], max_seq_length: int) -> dict[str, torch.Tensor]:
+    return {k: v[:max_seq_length] for k, v in sample.items()}
+
+
+def alone_sample(sample: dict[str, torch.Tensor], bos_id: int | None, max_seq_length: int) -> dict[str, torch.Tensor]:
+    """The response tokens of `sample` (labels != IGNORE_INDEX, in order) with no prompt: `[BOS] + response` when
+    `bos_id` is given (BOS gets no loss), else the response alone (its first token then gets no loss either: the
+    loss shifts by one and nothing precedes it)."""
+    response = sample["input_ids"][sample["labels"] != IGNORE_INDEX]
+    if bos_id is None:
+        return cut({"input_ids": response, "labels": response.clone()}, max_seq_length)
+    bos = torch.tensor([bos_id], dtype=response.dtype)
+    return cut({"input_ids": torch.cat((bos, response)),
+                "labels": torch.cat((torch.tensor([IGNORE_INDEX], dtype=response.dtype), response))}, max_seq_length)
+
+
+@torch.inference_mode()
+def response_losses(model: GPT, batch: dict[str, torch.Tensor], embeddings: bool = False,
+                    chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per row of a `pad_collate` batch: the summed next-token loss over its labelled positions (B,) float32, how
+    many there were (B,), and with `embeddings` the mean final hidden state over its real tokens (B, n_embd).
+
+    Row by row this is `masked_loss_sum(model(input_ids), labels)`. The head runs only on labelled positions, in
+    chunks of `chunk_size`, so prompt tokens cost no vocabulary projection and the (B, T, vocab) logits never exist.
+    """
+    hidden = model(batch["input_ids"], head=False)  # (B, T, n_embd)
+    targets = batch["labels"][:, 1:].to(hidden.device)  # (B, T - 1): position t predicts label t + 1
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,)
+    picked = hidden[:, :-1][rows, cols]  # (N, n_embd)
+    losses = torch.cat([
+        F.cross_entropy(model.lm_head(picked[i : i + chunk_size]).float(), targets[rows, cols][i : i + chunk_size],
+                        reduction="none")
+        for i in range(0, len(rows), chunk_size)
+    ]) if len(rows) else hidden.new_zeros(0, dtype=torch.float32)
+    B = hidden.size(0)
+    loss_sum = torch.zeros(B, dtype=torch.float32, device=hidden.device).index_add_(0, rows, losses)
+    count = torch.bincount(rows, minlength=B)
+    mean_hidden = None
+    if embeddings:
+        length = batch["length"].to(hidden.device)
+        real = torch.arange(hidden.size(1), device=hidden.device)[None, :] < length[:, None]  # (B, T)
+        mean_hidden = (hidden.float() * real[..., None]).sum(1) / length[:, None]  # (B, n_embd)
+    return loss_sum.cpu(), count.cpu(), None if mean_hidden is None else mean_hidden.cpu()
+
+
+def response_tokens(dataset: TokenizedDataset) -> np.ndarray:
+    """Tokens with a loss per example (label != IGNORE_INDEX), straight from the memory-mapped labels."""
+    trainable = np.concatenate([[0], np.cumsum(np.asarray(dataset.labels) != IGNORE_INDEX)])
+    return trainable[dataset.offsets[1:]] - trainable[dataset.offsets[:-1]]
+
+
+def _mean(loss_sum: float, count: int) -> float:
+    return loss_sum / count if count else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ the judge
+
+
+JUDGE_PROMPT = (
+    "We would like to request your feedback on the performance of an AI assistant in response to the instruction "
+    "displayed below.\n\n"
+    "[Instruction]\n{prompt}\n\n[Response]\n{response}\n\n"
+    "Please rate the accuracy of the response to the instruction on a scale of 1 to 5, where a higher score "
+    "indicates a more accurate and helpful response. Reply with the score first, as \"Score: N\", then explain."
+)
+JUDGE_PRIMER = "Score:"  # written after the assistant header: even a small model's next token is then the rating
+
+_NUMBER = r"(\d+(?:\.\d+)?|one|two|three|four|five)"
+_OUT_OF = r"(?:\s*(?:/|out of)\s*(\d+(?:\.\d+)?))?"
+_KEYWORD_RE = re.compile(r"\b(?:score|rating|rated|rate|grade)\b[^\d\n]{0,12}?\b" + _NUMBER + r"\b" + _OUT_OF, re.I)
+_FIRST_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\d])" + _OUT_OF)
+_WORDS = {"one": 1.0, "two": 2.0, "three": 3.0, "four": 4.0, "five": 5.0}
+
+
+def parse_judge_score(text: str) -> float | None:
+    """The 1-5 rating in a judge's reply, or None when there is none.
+
+    The first number after "Score"/"Rating"/"rate"... wins (digits, or a word one..five); without such a keyword,
+    the first number in the text. "4/5", "4 out of 5" and "4.5" are read; a rating on another scale ("8/10") or
+    outside 1-5 is not a 1-5 rating and gives None (AlpaGasus' 0-5 scale puts 0 out of range too).
+    """
+    match = _KEYWORD_RE.search(text) or _FIRST_RE.search(text)
+    if match is None:
+        return None
+    number, scale = match.group(1).lower(), match.group(2)
+    value = _WORDS.get(number) or float(number)
+    if scale is not None and float(scale) != 5:
+        return None
+    return value if 1 <= value <= 5 else None
+
+
+@dataclass
+class Judge:
+    """An instruction model that rates examples AlpaGasus-style (Chen et al. 2023, arXiv:2307.08701): the example
+    in its chat template, greedy decoding of a short reply after "Score:", parsed by `parse_judge_score`."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    max_new_tokens: int = 8
+
+    def __post_init__(self) -> None:
+        if not self.tokenizer.has_chat_template:
+            raise UserError(f"--judge_checkpoint_dir {self.tokenizer.checkpoint_dir} has no chat template; the judge "
+                            "must be an instruction (chat) model")
+
+    def rate(self, prompt: str, response: str) -> tuple[float | None, str]:
+        """The rating (None if unparseable) and the reply text, primer included."""
+        from lit_gpt.generate import generate_tokens
+
+        message = JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip())
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
+        # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
+        ids = self.tokenizer.encode(text + JUDGE_PRIMER, bos=False, eos=False)
+        if len(ids) + self.max_new_tokens > self.model.config.block_size:
+            return None, f"(not judged: {len(ids)} prompt tokens exceed the judge's context)"
+        device = self.model.embed.weight.device
+        new = list(generate_tokens(self.model, torch.tensor(ids, device=device), self.max_new_tokens,
+                                   temperature=0.0, eos_id=self.tokenizer.eos_id))
+        reply = JUDGE_PRIMER + self.tokenizer.decode(new, skip_special_tokens=True)
+        return parse_judge_score(reply), reply
+
+
+def prompt_and_response_text(sample: dict[str, torch.Tensor], tokenizer: Tokenizer) -> tuple[str, str]:
+    """The text the judge rates: the last response (the last run of labelled tokens) and everything before it,
+    decoded without special tokens. Single-turn, that is the rendered prompt and the response."""
+    trainable = (sample["labels"] != IGNORE_INDEX).tolist()
+    if not any(trainable):
+        return tokenizer.decode(sample["input_ids"], skip_special_tokens=True), ""
+    end = len(trainable) - trainable[::-1].index(True)
+    start = end
+    while start > 0 and trainable[start - 1]:
+        start -= 1
+    ids = sample["input_ids"]
+    return tokenizer.decode(ids[:start], skip_special_tokens=True), tokenizer.decode(ids[start:end], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------------------------ one split
+
+
+def scoring_order(lengths: Sequence[int], max_seq_length: int) -> list[int]:
+    """Longest first (a batch that does not fit in memory fails at once, not after an hour), ties by index: batches
+    of neighbours in this order need almost no padding. Deterministic, so a resumed run forms the same batches."""
+    return sorted(range(len(lengths)), key=lambda i: (-min(int(lengths[i]), max_seq_length), i))
+
+
+def _read_partial(partial: Path) -> dict[str, np.ndarray]:
+    chunks = sorted(partial.glob("chunk-*.npz"))
+    if not chunks:
+        return {}
+    loaded = [dict(np.load(path, allow_pickle=False)) for path in chunks]
+    return {key: np.concatenate([c[key] for c in loaded]) for key in loaded[0]}
+
+
+def _write_chunk(partial: Path, rows: list[dict[str, Any]]) -> None:
+    number = len(list(partial.glob("chunk-*.npz")))
+    with atomic_path(partial / f"chunk-{number:06d}.npz") as tmp:
+        with tmp.open("wb") as f:  # a file object: np.savez would append ".npz" to the temporary name
+            np.savez(f, **{key: np.array([r[key] for r in rows]) for key in rows[0]})
+
+
+def score_split(
+    model: GPT,
+    dataset: TokenizedDataset,
+    partial: Path,
+    batch_size: int = 8,
+    max_seq_length: int | None = None,
+    bos_id: int | None = None,
+    embeddings: bool = False,
+    judge: Judge | None = None,
+    tokenizer: Tokenizer | None = None,
+    flush_every: int = 20,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Score every example of `dataset`; returns per-example arrays in split order (the COLUMNS, plus `embedding`
+    and `judge_text` when asked for) and how many examples this call computed.
+
+    Finished batches are saved to the folder `partial` every `flush_every` batches and when the run stops on an
+    exception (Ctrl-C included); a later call skips the examples found there. With the same batch size the resumed
+    run forms exactly the batches the uninterrupted run would have, so its results are identical; a different one
+    (say, smaller after running out of memory) is allowed and agrees to float rounding.
+    """
+    from lit_gpt.batching import pad_collate
+
+    if judge is not None and tokenizer is None:
+        raise ValueError("the judge needs the data's tokenizer to decode examples")
+    max_seq_length = max_seq_length or model.max_seq_length
+    partial.mkdir(parents=True, exist_ok=True)
+    done = _read_partial(partial)
+    done_set = set(done.get("index", np.zeros(0, np.int64)).tolist())
+    lengths, responses = dataset.lengths, response_tokens(dataset)
+    if len(dataset) == 0:
+        empty = {"index": np.zeros(0, np.int64), **{name: np.zeros(0) for name in COLUMNS if name != "judge"}}
+        if embeddings:
+            empty["embedding"] = np.zeros((0, model.config.n_embd), np.float32)
+        if judge is not None:
+            empty.update(judge=np.zeros(0), judge_text=np.zeros(0, str))
+        return empty, 0
+    pending = [i for i in scoring_order(lengths, max_seq_length) if i not in done_set]
+    batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
+    device = model.embed.weight.device
+
+    from tqdm import tqdm
+
+    rows: list[dict[str, Any]] = []
+    try:
+        with tqdm(total=len(dataset), initial=len(done_set), unit=" examples", file=sys.stderr,
+                  desc=f"Scoring {dataset.folder.name}", dynamic_ncols=True) as progress:
+            for number, indices in enumerate(batches, 1):
+                samples = [cut(dataset[i], max_seq_length) for i in indices]
+                with_prompt = pad_collate(samples)
+                alone = pad_collate([alone_sample(s, bos_id, max_seq_length) for s in samples])
+                sum_p, n_p, hidden = response_losses(model, {k: v.to(device) for k, v in with_prompt.items()},
+                                                     embeddings)
+                sum_a, n_a, _ = response_losses(model, {k: v.to(device) for k, v in alone.items()})
+                batch_rows = []
+                for j, i in enumerate(indices):
+                    loss_p, loss_a = _mean(float(sum_p[j]), int(n_p[j])), _mean(float(sum_a[j]), int(n_a[j]))
+                    row = {
+                        "index": i, "loss_with_prompt": loss_p, "loss_alone": loss_a,
+                        "ifd": loss_p / loss_a if loss_a > 0 else float("nan"),  # NaN stays NaN
+                        "tokens": int(lengths[i]),
+                        "response_tokens": int(responses[i]),
+                    }
+                    if hidden is not None:
+                        row["embedding"] = hidden[j].numpy()
+                    if judge is not None:
+                        rating, reply = judge.rate(*prompt_and_response_text(samples[j], tokenizer))
+                        row["judge"] = float("nan") if rating is None else rating
+                        row["judge_text"] = reply
+                    batch_rows.append(row)
+                rows += batch_rows  # a batch joins the results only once all of it is computed
+                progress.update(len(indices))
+                if number % flush_every == 0:
+                    _write_chunk(partial, rows)
+                    rows = []
+    finally:
+        if rows:
+            _write_chunk(partial, rows)
+    results = _read_partial(partial)
+    order = np.argsort(results["index"], kind="stable")
+    results = {key: value[order] for key, value in results.items()}
+    assert results["index"].tolist() == list(range(len(dataset))), f"{partial}: chunks do not cover the split once"
+    return results, len(pending)
+
+
+# ------------------------------------------------------------------------------------------------ files
+
+
+def write_scores(data_dir: Path, split: str, columns: dict[str, np.ndarray], embeddings: np.ndarray | None = None,
+                 judge_text: Sequence[str] | None = None) -> None:
+    """Write `split`'s scores.npy (the given COLUMNS, in COLUMNS order), and embeddings.npy / judge.jsonl when
+    given, each atomically."""
+    unknown = set(columns) - set(COLUMNS)
+    assert not unknown, f"unknown score columns {unknown}"
+    names = [name for name in COLUMNS if name in columns]
+    n = len(columns[names[0]])
+    table = np.zeros(n, dtype=[(name, "f8" if name in _FLOAT_COLUMNS else "i8") for name in names])
+    for name in names:
+        table[name] = columns[name]
+    folder = Path(data_dir) / split
+    with atomic_path(folder / SCORES_NAME) as tmp, tmp.open("wb") as f:
+        np.save(f, table)
+    if embeddings is not None:
+        with atomic_path(folder / EMBEDDINGS_NAME) as tmp, tmp.open("wb") as f:
+            np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
+    if judge_text is not None:
+        lines = (json.dumps({"judge": None if np.isnan(v) else float(v), "text": t}, ensure_ascii=False) + "\n"
+                 for v, t in zip(columns["judge"], judge_text))
+        atomic_write_text(folder / JUDGE_NAME, "".join(lines))
+
+
+def read_scores(data_dir: Path | str, split: str = "train") -> np.ndarray:
+    """The structured array of `split`'s scores (fields: the COLUMNS that were computed), one row per example."""
+    path = Path(data_dir) / split / SCORES_NAME
+    if not path.is_file():
+        raise UserError(f"{data_dir} has no scores ({split}/{SCORES_NAME}); compute them with "
+                        + SCORE_HINT.format(data_dir=data_dir))
+    return np.load(path, allow_pickle=False)
+
+
+def read_score_column(dataset: TokenizedDataset, column: str) -> np.ndarray:
+    """Column `column` of `dataset`'s split, one value per example (NaN where undefined, see the module docstring)."""
+    scores = read_scores(dataset.data_dir, dataset.folder.name)
+    if len(scores) != len(dataset):
+        raise UserError(f"{dataset.folder / SCORES_NAME} has {len(scores)} rows for {len(dataset)} examples: the data "
+                        "changed after scoring; score it again with " + SCORE_HINT.format(data_dir=dataset.data_dir))
+    if column not in COLUMNS:
+        raise UserError(f"{column!r} is not a score column; pick one of {', '.join(COLUMNS)}")
+    if column not in (scores.dtype.names or ()):
+        how = " --judge_checkpoint_dir checkpoints/ORG/INSTRUCT_MODEL" if column == "judge" else ""
+        raise UserError(f"{dataset.data_dir} has no score column {column!r} (it has {', '.join(scores.dtype.names)}); "
+                        "compute it with " + SCORE_HINT.format(data_dir=dataset.data_dir) + how)
+    return np.asarray(scores[column])
+
+
+def read_embeddings(dataset: TokenizedDataset) -> np.ndarray:
+    """(n, n_embd) float32 example embeddings of `dataset`'s split (from `score_dataset(..., embeddings=True)`)."""
+    path = dataset.folder / EMBEDDINGS_NAME
+    if not path.is_file():
+        raise UserError(f"{dataset.data_dir} has no embeddings ({dataset.folder.name}/{EMBEDDINGS_NAME}); compute "
+                        "them with " + SCORE_HINT.format(data_dir=dataset.data_dir) + " --embeddings true")
+    embeddings = np.load(path, allow_pickle=False)
+    if len(embeddings) != len(dataset):
+        raise UserError(f"{path} has {len(embeddings)} rows for {len(dataset)} examples; score the data again")
+    return embeddings
+
+
+def copy_scores(source_dir: Path, destination: Path, picks: dict[str, Sequence[int]]) -> bool:
+    """Give a derived dataset the score rows of the examples it took (`picks[split]`: source indices, in the
+    destination's order), so it can be ordered or selected from again. False when the source has no scores."""
+    described = Path(source_dir) / SCORES_JSON_NAME
+    if not described.is_file():
+        return False
+    info = read_json(described)
+    for split, indices in picks.items():
+        folder = Path(source_dir) / split
+        if not (folder / SCORES_NAME).is_file():
+            continue
+        index = np.asarray(indices, dtype=np.int64)
+        table = read_scores(source_dir, split)[index]
+        embeddings = np.load(folder / EMBEDDINGS_NAME)[index] if (folder / EMBEDDINGS_NAME).is_file() else None
+        judge_text = None
+        if (folder / JUDGE_NAME).is_file():
+            with (folder / JUDGE_NAME).open(encoding="utf-8") as f:
+                texts = [json.loads(line)["text"] for line in f]
+            judge_text = [texts[i] for i in index]
+        write_scores(destination, split, {name: table[name] for name in table.dtype.names}, embeddings, judge_text)
+        info["splits"][split]["samples"] = len(index)
+    info["copied_from"] = str(source_dir)
+    atomic_write_json(Path(destination) / SCORES_JSON_NAME, info)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+
+
+def _identity(checkpoint_dir: Path) -> list[Any]:
+    """Which weights: the folder, and the size and modification time of its weights file (hashing a 7B model's
+    weights would take longer than many scoring runs)."""
+    stat = (checkpoint_dir / LIT_WEIGHTS_NAME).stat()
+    return [str(checkpoint_dir.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def score_dataset(
+    data_dir: Path,
+    checkpoint_dir: Path,
+    judge_checkpoint_dir: Path | None = None,
+    batch_size: int = 8,
+    max_seq_length: int | None = None,
+    embeddings: bool = True,
+    judge_max_new_tokens: int = 8,
+    flush_every: int = 20,
+    precision: str | None = None,
+) -> dict[str, Any]:
+    """Score both splits of DATA_DIR with the model in CHECKPOINT_DIR and write the columns beside the data.
+
+    Returns scores.json's content plus this run's `examples` (computed now), `seconds` and `examples_per_s`.
+    """
+    from lit_gpt.checkpoint import load_model
+    from lit_gpt.utils import default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+
+    data_dir = Path(data_dir)
+    hint = "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME"
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir", hint)
+    if batch_size < 1 or flush_every < 1:
+        raise UserError("--batch_size and --flush_every must be at least 1")
+    tokenizer = Tokenizer(checkpoint_dir)
+    datasets = {split: TokenizedDataset(data_dir, split, tokenizer) for split in SPLITS}  # refuses other tokenizers
+    precision = precision or default_precision()
+    dtype = precision_dtype(precision)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(checkpoint_dir, device=device, dtype=dtype).eval()
+    block_size = model.config.block_size
+    if max_seq_length is not None and max_seq_length > block_size:
+        raise UserError(f"--max_seq_length {max_seq_length} exceeds the model's context of {block_size} tokens")
+    max_seq_length = max_seq_length or block_size
+    longest = max(int(d.lengths.max(initial=0)) for d in datasets.values())
+    model.max_seq_length = min(max_seq_length, longest + 1)  # RoPE tables no longer than needed (+1: BOS alone)
+    bos_id = tokenizer.bos_id if tokenizer.add_bos else None
+
+    judge = None
+    if judge_checkpoint_dir is not None:
+        judge_checkpoint_dir = require_dir(resolve_checkpoint_dir(judge_checkpoint_dir), "--judge_checkpoint_dir",
+                                           hint)
+        judge = Judge(load_model(judge_checkpoint_dir, device=device, dtype=dtype).eval(),
+                      Tokenizer(judge_checkpoint_dir), judge_max_new_tokens)
+
+    # what decides the numbers: a partial run resumes only under the same settings (the batch size may change)
+    settings = {
+        "checkpoint": _identity(checkpoint_dir), "max_seq_length": max_seq_length, "precision": precision,
+        "embeddings": embeddings, "judge": None if judge is None else _identity(judge_checkpoint_dir),
+        "judge_max_new_tokens": judge_max_new_tokens if judge else None,
+    }
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "checkpoint_dir": str(checkpoint_dir),
+        "judge_checkpoint_dir": None if judge is None else str(judge_checkpoint_dir),
+        "judge_prompt": None if judge is None else JUDGE_PROMPT,
+        "judge_max_new_tokens": judge_max_new_tokens if judge else None,
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "max_seq_length": max_seq_length,
+        "precision": precision,
+        "loss_alone_starts_with_bos": bos_id is not None,
+        "columns": {name: text for name, text in COLUMNS.items() if name != "judge" or judge is not None},
+        "embeddings": {"file": EMBEDDINGS_NAME, "dim": model.config.n_embd,
+                       "what": "mean final (normed) hidden state over the example's tokens"} if embeddings else None,
+        "splits": {},
+    }
+    computed, start = 0, time.perf_counter()
+    for split, dataset in datasets.items():
+        partial = dataset.folder / PARTIAL_NAME
+        settings_path = partial / "settings.json"
+        if settings_path.is_file() and read_json(settings_path) != json.loads(json.dumps(settings)):
+            raise UserError(f"{partial} holds an unfinished run with other settings ({read_json(settings_path)}); "
+                            f"rerun with those to resume it, or delete {partial} to start over")
+        partial.mkdir(exist_ok=True)
+        atomic_write_json(settings_path, settings)
+        results, n = score_split(model, dataset, partial, batch_size, max_seq_length, bos_id, embeddings, judge,
+                                 tokenizer, flush_every)
+        computed += n
+        for name, made in ((EMBEDDINGS_NAME, embeddings), (JUDGE_NAME, judge is not None)):
+            if not made:  # an earlier run's file would no longer match this run's scores
+                (dataset.folder / name).unlink(missing_ok=True)
+        write_scores(data_dir, split, {name: results[name] for name in COLUMNS if name in results},
+                     results.get("embedding"), results.get("judge_text"))
+        shutil.rmtree(partial)
+        info["splits"][split] = _summary(results)
+    atomic_write_json(data_dir / SCORES_JSON_NAME, info)
+    seconds = time.perf_counter() - start
+    return {**info, "examples": computed, "seconds": seconds, "examples_per_s": computed / seconds if seconds else 0.0}
+
+
+def _summary(results: dict[str, np.ndarray]) -> dict[str, Any]:
+    ifd = results["ifd"]
+    finite = ifd[np.isfinite(ifd)]
+    summary: dict[str, Any] = {
+        "samples": len(ifd),
+        "ifd_undefined": int(len(ifd) - len(finite)),
+        "ifd_mean": round(float(finite.mean()), 4) if len(finite) else None,
+        "ifd_at_least_1": int((finite >= 1).sum()),
+        "loss_with_prompt_mean": round(float(np.nanmean(results["loss_with_prompt"])), 4) if len(finite) else None,
+    }
+    if "judge" in results:
+        judged = results["judge"]
+        summary["judge_unparseable"] = int(np.isnan(judged).sum())
+        summary["judge_counts"] = {str(v): int((judged == v).sum()) for v in sorted(set(judged[~np.isnan(judged)]))}
+    return summary
