@@ -287,3 +287,24 @@ def test_mistakes_are_one_line_errors(chat: dict, alpaca_bos: dict, tmp_path: Pa
         assert message in err and err.count("\n") == 1, err
     with pytest.raises(UserError, match="score_dataset.py --data_dir"):
         read_score_column(TokenizedDataset(chat["data"], "train", None), "ifd")
+
+
+def test_finetune_order_score_sorts_by_a_score_column_with_nan_last(chat: dict, tmp_path: Path) -> None:
+    from lit_gpt.batching import epoch_order, order_keys
+    from lit_gpt.data.scoring import write_scores
+
+    data = _copy_data(chat, tmp_path / "data")
+    train = TokenizedDataset(data, "train", None)
+    n = len(train)
+    ifd = np.linspace(0.9, 0.1, n)
+    ifd[3] = np.nan
+    columns = {"loss_with_prompt": ifd, "loss_alone": np.ones(n), "ifd": ifd, "tokens": train.lengths,
+               "response_tokens": train.lengths}
+    for split in ("train", "test"):
+        m = n if split == "train" else len(TokenizedDataset(data, "test", None))
+        write_scores(data, split, {k: v[:m] if split == "test" else v for k, v in columns.items()})
+    for descending in (False, True):
+        keys = order_keys(train, "score", "ifd", descending)
+        order = epoch_order(n, 0, 0, "score", keys, descending=descending)
+        values = [ifd[i] for i in order]
+        assert np.isnan(values[-1]) and values[:-1] == sorted(values[:-1], reverse=descending)
