@@ -75,7 +75,7 @@ def _check_folder(out: Path, checkpoint: Path, stats: dict[str, Any]) -> dict[st
     assert meta["mask_inputs"] is True and meta["max_seq_length"] == 2048 and meta["ignore_index"] == IGNORE_INDEX
     assert len(meta["source"]["sha256"]) == 64
     assert json.loads((out / "stats.json").read_text()) == stats
-    if importlib.util.find_spec("matplotlib"):  # an optional extra: the histogram is skipped without it
+    if importlib.util.find_spec("PIL"):  # the histogram is skipped without Pillow
         assert (out / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for split in ("train", "test"):
         dataset = TokenizedDataset(out, split, Tokenizer(checkpoint))
@@ -264,6 +264,18 @@ def test_a_failure_while_writing_removes_the_temporary_folder(tmp_path: Path, ch
         _prepare_default(entry("prepare_alpaca"), checkpoint, write_json(tmp_path / "a.json", ALPACA_ROWS),
                          tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_the_length_histogram_is_a_png_and_is_skipped_without_pillow(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("PIL")
+    from lit_gpt.data.report import Tally, plot_lengths
+
+    tally = Tally(prompt_lengths=[30, 40, 41, 300], response_lengths=[5, 500, 20, 1])
+    assert plot_lengths(tally, 256, tmp_path / "lengths.png", "alpaca: tokens per sample")
+    assert (tmp_path / "lengths.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    monkeypatch.setitem(sys.modules, "PIL", None)  # as if Pillow were not installed
+    assert not plot_lengths(tally, 256, tmp_path / "none.png", "alpaca: tokens per sample")
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_destination_with_other_files_is_refused(tmp_path: Path, checkpoint: Path) -> None:

@@ -27,7 +27,7 @@ from lit_gpt.data.layout import (
     check_destination,
     replace_dir,
 )
-from lit_gpt.data.report import LengthsPlot, Tally, format_report, stats
+from lit_gpt.data.report import Tally, format_report, plot_lengths, stats
 from lit_gpt.data.tokenize import IGNORE_INDEX, Sample, SegmentEncoder, truncate
 from lit_gpt.prompts import load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
@@ -108,7 +108,6 @@ def prepare(
         else:
             tally.dropped[example.problem] += 1
 
-    plot = LengthsPlot()  # imports matplotlib in a thread, beside the tokenizer
     kept = {split: Split() for split in SPLITS}
     with tqdm(total=len(usable), unit=" examples", desc=f"Tokenizing {data_file.name}", file=sys.stderr) as progress:
         for chunk in _batched(usable, CHUNK):
@@ -165,7 +164,7 @@ def prepare(
         for split in SPLITS:
             kept[split].write(tmp / split)
         _write_json(tmp / META_NAME, meta)
-        plotted = plot.draw(tally, max_seq_length, tmp / HISTOGRAM_NAME, f"{source.name}: tokens per sample")
+        plotted = plot_lengths(tally, max_seq_length, tmp / HISTOGRAM_NAME, f"{source.name}: tokens per sample")
         report = stats(
             tally, time.perf_counter() - start, source=source.name, data_file=str(data_file),
             checkpoint_dir=str(checkpoint_dir), prompt_style=style.name, max_seq_length=max_seq_length,
@@ -176,7 +175,7 @@ def prepare(
     print(f"Report card for {destination_path} ({source.name}, prompt style {style.name}, {checkpoint_dir}):")
     print(format_report(report))
     if not plotted:
-        print(f"  ({HISTOGRAM_NAME} not drawn: matplotlib is not installed; pip install matplotlib)")
+        print(f"  ({HISTOGRAM_NAME} not drawn: it needs Pillow 10.1 or newer; pip install -U pillow)")
     if encoder.fallbacks:
         print(f"  note: {encoder.fallbacks} responses start with a character this tokenizer merges with a newline; "
               "they were encoded with the tokenizer's leading space")
