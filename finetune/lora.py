@@ -62,7 +62,8 @@ neftune_alpha = 0.0  # NEFTune noise on the input embeddings while training (5 i
 early_stopping_patience: int | None = None  # stop after this many epochs without a better validation loss
 dev_prompts: Path | None = None  # instructions answered after every epoch, side by side in dev_generations.md
 packing = False  # several examples per row (attention kept inside each): almost no compute spent on padding
-lm_head_chunk_size = 0  # apply the head and loss this many positions at a time (e.g. 128); 0 = all at once
+lm_head_chunk_size = 128  # head + loss on this many trainable positions at a time; 0 = full logits at once
+compile = False  # torch.compile the model: pays off on GPUs; on CPU it measured slower (see README)
 # ------------------------------------------------------------------------------------
 
 
@@ -108,6 +109,7 @@ def setup(
     dev_prompts: Path | None = dev_prompts,
     packing: bool = packing,
     lm_head_chunk_size: int = lm_head_chunk_size,
+    compile: bool = compile,
 ) -> dict:
     """Finetune with LoRA: base weights frozen, low-rank adapters trained, saved with their hyperparameters.
 
@@ -159,8 +161,10 @@ def setup(
             every epoch, written side by side to out_dir/dev_generations.md to pick an epoch by reading answers.
         packing: Pack several examples into each row of max_seq_length tokens, with attention confined to each
             example and positions restarting: the loss is the same as padded, with far fewer padding tokens.
-        lm_head_chunk_size: Compute the output head and loss this many positions at a time, so the full
-            tokens x vocabulary logits are never held at once (0: all at once).
+        lm_head_chunk_size: Compute the output head and loss on this many trainable positions at a time (masked
+            prompt tokens and padding skipped), so the full tokens x vocabulary logits are never held at once;
+            0 computes the full logits, as the model's plain forward does.
+        compile: Wrap the model in torch.compile (dynamic shapes; the first steps pay for compilation).
     """
     import lightning as L
     from lightning.fabric.loggers import TensorBoardLogger
@@ -209,6 +213,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     optimizer = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=h["learning_rate"], weight_decay=h["weight_decay"]
     )
+    if h["compile"]:
+        model = torch.compile(model, dynamic=True)  # packed and padded batches change shape every step
     model, optimizer = fabric.setup(model, optimizer)
 
     world = fabric.world_size
@@ -337,7 +343,7 @@ def batch_loss(fabric, model, raw_model, batch: dict, chunk_size: int) -> tuple[
     positions = batch["positions"].to(fabric.device) if "positions" in batch else None
     if not chunk_size:
         return masked_loss_sum(model(input_ids, positions=positions), labels)
-    hidden = model(input_ids, positions=positions, head=False)
+    hidden = model(input_ids, positions=positions, head=False)  # (B, T, n_embd)
     return chunked_loss_sum(hidden, raw_model.lm_head, labels, chunk_size)
 
 

@@ -98,6 +98,8 @@ def step_batches(samples: Sequence[dict[str, torch.Tensor]], micro_batch_size: i
                  packing: bool = False) -> list[dict[str, torch.Tensor]]:
     """One device's micro-batches for one optimizer step: `micro_batch_size` padded examples each, or with
     `packing`, `micro_batch_size` rows of packed examples each (fewer rows, almost no padding)."""
+    if not samples:  # e.g. validation when every example went to training
+        return []
     if not packing:
         return [pad_collate(samples[i : i + micro_batch_size], max_seq_length)
                 for i in range(0, len(samples), micro_batch_size)]

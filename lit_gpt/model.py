@@ -229,11 +229,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     Uses the "rotate half" pairing (channel i with i + n/2) that Hugging Face checkpoints are stored for.
     """
     n_elem = cos.size(-1)
-    x_rope, x_pass = x[..., :n_elem], x[..., n_elem:]
-    x1, x2 = x_rope.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x_rope * cos + rotated * sin, x_pass), dim=-1)
+    if n_elem == x.size(-1):  # whole head (Llama, Mistral): no slice, whose backward zero-fills a full-size buffer
+        return x * cos + _rotate_half(x) * sin
+    x_rope, x_pass = x[..., :n_elem], x[..., n_elem:]
+    return torch.cat((x_rope * cos + _rotate_half(x_rope) * sin, x_pass), dim=-1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
 
 
 # ------------------------------------------------------------------------------------------------ masks and KV cache

@@ -49,26 +49,60 @@ def masked_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
 
 def chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
                      chunk_size: int) -> tuple[torch.Tensor, int]:
-    """`masked_loss_sum(head(hidden), labels)` without ever holding the full (B, T, vocab) logits.
+    """`masked_loss_sum(head(hidden), labels)` without ever holding the full (B, T, vocab) logits, and with the
+    head applied to trainable positions only (masked prompt tokens and padding never reach the vocabulary).
 
-    The head and the cross-entropy run on `chunk_size` positions at a time, each chunk under activation
-    checkpointing, so forward and backward hold one chunk's logits (vocab x chunk_size floats) instead of all of
-    them: for a 32k vocabulary at 2048 tokens that is 256 MB of float32 logits (and as much again for their
-    gradient) down to 16 MB at chunk_size 128.
+    The head and the cross-entropy run on `chunk_size` positions at a time. A frozen bias-free `nn.Linear` head
+    (every family here, unless LoRA targets the head) takes the fused path, `_LinearCrossEntropy`: each chunk's
+    gradient is computed right away, so no chunk's logits outlive it and the head's matmul is not repeated in
+    backward. Any other head runs each chunk under activation checkpointing (recomputed in backward). Either way
+    memory holds one chunk's logits (chunk_size x vocab floats) instead of all of them: for a 32k vocabulary at
+    2048 tokens that is 256 MB of float32 logits (and as much again for their gradient) down to 16 MB at 128.
     """
     hidden, targets = hidden[:, :-1], labels[:, 1:]  # position t predicts label t + 1
-    n_embd = hidden.size(-1)
-    hidden, targets = hidden.reshape(-1, n_embd), targets.reshape(-1)  # (B * (T - 1), n_embd), (B * (T - 1),)
+    keep = targets != IGNORE_INDEX  # (B, T - 1)
+    hidden, targets = hidden[keep], targets[keep]  # (N, n_embd), (N,): the trainable positions, in order
+    if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+        return _LinearCrossEntropy.apply(hidden, head.weight, targets, chunk_size), targets.numel()
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h).float(), y, ignore_index=IGNORE_INDEX, reduction="sum")
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
 
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.size(0), chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-        if (y != IGNORE_INDEX).any():  # prompt-only chunks contribute nothing: skip their head matmul
-            total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
-    return total, int((targets != IGNORE_INDEX).sum())
+        total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)
+    return total, targets.numel()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i) for a frozen weight, chunk by chunk, with d/d hidden computed during
+    the forward pass (softmax - one-hot, times the weight): the logits and their gradient exist one chunk at a
+    time, and backward only scales the stored gradient. Logits, softmax and loss in float32 as in
+    `masked_loss_sum`."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_size: int) -> torch.Tensor:
+        need_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.size(0), chunk_size):
+            h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
+            logits = (h @ weight.T).float()  # (n, vocab)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if need_grad:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs[torch.arange(len(y), device=y.device), y] -= 1
+                grad_hidden[start : start + chunk_size] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
 
 
 def trainable_tokens(labels: torch.Tensor) -> int:

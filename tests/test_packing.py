@@ -86,18 +86,31 @@ def test_packing_keeps_the_order_and_the_row_limit() -> None:
     assert all(int(length) <= 9 for b in batches for length in b["length"])
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_no_examples_make_no_batches(packing: bool) -> None:
+    # validation on a dataset prepared with --test_split_fraction 0 has nothing to batch
+    assert step_batches([], 4, 16, packing) == []
+
+
 @pytest.mark.parametrize("chunk_size", [1, 5, 128])
-def test_chunked_loss_equals_full_loss_and_gradient(chunk_size: int) -> None:
+@pytest.mark.parametrize("frozen_head", [True, False], ids=["fused", "checkpointed"])
+def test_chunked_loss_equals_full_loss_and_gradient(chunk_size: int, frozen_head: bool) -> None:
+    # a frozen bias-free head takes the fused path (gradient computed in forward); a trainable one, checkpointing
     model = _model("llama_gqa").train()
+    model.lm_head.weight.requires_grad_(not frozen_head)
     batch = pad_collate(_samples())
     full, n_full = masked_loss_sum(model(batch["input_ids"]), batch["labels"])
-    full.backward()
-    expected = [p.grad.clone() for p in model.parameters()]
+    (full * 0.5).backward()  # a scale, as the training loop's division by the global token count
+    expected = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     chunked, n_chunked = chunked_loss_sum(model(batch["input_ids"], head=False), model.lm_head, batch["labels"],
                                           chunk_size)
-    chunked.backward()
+    (chunked * 0.5).backward()
     assert n_chunked == n_full
     torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)
-    for g, e in zip((p.grad for p in model.parameters()), expected):
+    for g, e in zip((p.grad for p in model.parameters() if p.requires_grad), expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # validation: no gradient is computed, the value is the same
+        no_grad, _ = chunked_loss_sum(model(batch["input_ids"], head=False), model.lm_head, batch["labels"],
+                                      chunk_size)
+    torch.testing.assert_close(no_grad, full.detach(), rtol=1e-5, atol=1e-5)
