@@ -7,10 +7,8 @@ transformers, gguf and accelerate; `pip install -e ".[test]"` has them). The con
 Hugging Face files, in a fresh process per repeat; a second process that only imports the same modules gives
 the interpreter baseline measured in the same run.
 """
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -18,18 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lit_gpt.convert import TOKENIZER_FILES, hf_weight_files  # noqa: E402
-from lit_gpt.utils import LIT_WEIGHTS_NAME, cli, resolve_checkpoint_dir  # noqa: E402
+from lit_gpt.utils import LIT_WEIGHTS_NAME, child_peak_rss_mb, cli, resolve_checkpoint_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _peak_rss_mb(args: list[str]) -> float:
-    """Run `python ARGS` and return that child's own peak RSS (os.wait4 reports it per process)."""
-    child = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{' '.join(args)} failed with status {status}")
-    return usage.ru_maxrss / 1024
 
 
 def main(checkpoint_dir: Path, repeats: int = 3) -> None:
@@ -50,8 +39,9 @@ def main(checkpoint_dir: Path, repeats: int = 3) -> None:
             if f.is_file():
                 shutil.copyfile(f, work / f.name)
         for _ in range(repeats):
-            baselines.append(_peak_rss_mb(["-c", "import lit_gpt.convert"]))
-            peaks.append(_peak_rss_mb(["scripts/convert_hf_checkpoint.py", "--checkpoint_dir", str(work)]))
+            baselines.append(child_peak_rss_mb([sys.executable, "-c", "import lit_gpt.convert"], ROOT))
+            convert = [sys.executable, "scripts/convert_hf_checkpoint.py", "--checkpoint_dir", str(work)]
+            peaks.append(child_peak_rss_mb(convert, ROOT))
         size_out = (work / LIT_WEIGHTS_NAME).stat().st_size / 2**20
     peak, base = statistics.median(peaks), statistics.median(baselines)
     print(f"checkpoint          {source} ({len(weights)} weight file(s))")

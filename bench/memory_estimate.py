@@ -12,7 +12,7 @@ An ESTIMATE, not a measurement: it adds up the tensors training must hold, in by
                   block; with activation checkpointing only each block's input (n_embd x 2 B) plus one block's
                   recompute is held
     logits        T x vocab fp32 for the loss, its gradient and the bf16 logits (10 B per entry);
-                  with --lm_head_chunk_size 128 only 128 x vocab of them
+                  with the default --lm_head_chunk_size 128 only 128 x vocab of them
     overhead      CUDA context and allocator slack, taken as 1 GiB
 
 Measured figures replace these where a GPU was available (see the README's table).
@@ -56,7 +56,8 @@ def estimate(config: Config, max_seq_length: int, quantize: str | None, checkpoi
 
 
 def main(model_name: str = "Llama-2-7b-hf", max_seq_length: int = 2048) -> None:
-    """Print the estimated memory of LoRA (bf16-true) and QLoRA (nf4) runs, with and without the memory options.
+    """Print the estimated memory of LoRA (bf16-true) and QLoRA (nf4) runs, with full logits, with the default
+    chunked head, and with activation checkpointing too.
 
     Args:
         model_name: A named config (`python scripts/download.py` lists them).
@@ -66,10 +67,11 @@ def main(model_name: str = "Llama-2-7b-hf", max_seq_length: int = 2048) -> None:
     lora = LoRAConfig(lora_r=8, lora_alpha=16, lora_query=True, lora_value=True)
     print(f"{model_name}, {max_seq_length} tokens, micro-batch 1, LoRA r=8 on query+value (ESTIMATE, GiB)")
     print("| run | weights | activations | logits | total |\n|---|---|---|---|---|")
+    variants = {(False, False): ", --lm_head_chunk_size 0 (full logits)", (False, True): " (head in chunks: default)",
+                (True, True): " + --activation_checkpointing true"}
     for quantize, label in ((None, "LoRA bf16-true"), ("bnb.nf4", "QLoRA nf4")):
-        for checkpointing, chunked in ((False, False), (True, True)):
+        for (checkpointing, chunked), options in variants.items():
             parts = estimate(config, max_seq_length, quantize, checkpointing, chunked, lora)
-            options = " + activation checkpointing + chunked loss" if checkpointing else ""
             print(f"| {label}{options} | {parts['weights']:.1f} | {parts['activations']:.1f} | {parts['logits']:.2f} "
                   f"| {sum(parts.values()):.1f} |")
 

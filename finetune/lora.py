@@ -33,7 +33,7 @@ from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precis
 # ------------------------------------------------------------------------------------ hyperparameters
 learning_rate = 3e-4
 batch_size = 16  # examples per optimizer step, over all devices
-micro_batch_size = 1  # examples (with packing: rows) per forward/backward pass; gradients accumulate to batch_size
+micro_batch_size = 1  # examples per forward/backward pass (packing: one row of this many x max_seq_length tokens)
 epochs = 3  # passes over the training split
 max_iters: int | None = None  # micro-batch iterations per device; replaces `epochs` when set (1000 ~ one pass over LIMA)
 warmup_steps = 10  # optimizer steps of linear warm-up before the cosine decay
@@ -127,8 +127,8 @@ def setup(
         seed: Seed for the LoRA init, the data order and dropout.
         learning_rate: Peak learning rate of AdamW, reached after the warm-up.
         batch_size: Examples per optimizer step, over all devices.
-        micro_batch_size: Examples per forward/backward pass on one device (with --packing: rows of packed
-            examples; 1 keeps every micro-batch free of padding).
+        micro_batch_size: Examples per forward/backward pass on one device; with --packing, the step's examples
+            go into rows of up to micro_batch_size x max_seq_length tokens, one row per pass, with no padding.
         epochs: Passes over the training split (ignored when max_iters is set).
         max_iters: Micro-batch iterations per device to run instead of epochs.
         warmup_steps: Optimizer steps of linear warm-up from 0.

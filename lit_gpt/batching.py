@@ -97,19 +97,20 @@ class EpochStream:
 def step_batches(samples: Sequence[dict[str, torch.Tensor]], micro_batch_size: int, max_seq_length: int,
                  packing: bool = False) -> list[dict[str, torch.Tensor]]:
     """One device's micro-batches for one optimizer step: `micro_batch_size` padded examples each, or with
-    `packing`, `micro_batch_size` rows of packed examples each (fewer rows, almost no padding)."""
+    `packing`, one row each of packed examples, up to `micro_batch_size x max_seq_length` tokens.
+
+    A packed micro-batch is a single row rather than `micro_batch_size` rows of `max_seq_length`: several rows
+    would each be padded to the fullest one (a step's examples rarely fill rows evenly), one row has no padding at
+    all, under the same token bound. Examples are still cut at `max_seq_length` and never split across rows.
+    """
     if not samples:  # e.g. validation when every example went to training
         return []
     if not packing:
         return [pad_collate(samples[i : i + micro_batch_size], max_seq_length)
                 for i in range(0, len(samples), micro_batch_size)]
-    rows = packed_collate(samples, max_seq_length)
-    batches = []
-    for i in range(0, len(rows["length"]), micro_batch_size):
-        T = int(rows["length"][i : i + micro_batch_size].max())  # as long as this micro-batch's longest row
-        batches.append({k: v[i : i + micro_batch_size, :T] if v.dim() == 2 else v[i : i + micro_batch_size]
-                        for k, v in rows.items()})
-    return batches
+    row_length = micro_batch_size * max_seq_length
+    rows = pack_rows([min(len(s["input_ids"]), max_seq_length) for s in samples], row_length)
+    return [packed_collate([samples[i] for i in row], max_seq_length, row_length) for row in rows]
 
 
 def pad_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int | None = None,
@@ -145,9 +146,10 @@ def pack_rows(lengths: Sequence[int], max_seq_length: int) -> list[list[int]]:
     return rows
 
 
-def packed_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int,
+def packed_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: int, row_length: int | None = None,
                    pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Several examples per row (see `pack_rows`): input_ids, labels and positions (R, T), length (R,).
+    """Examples cut at `max_seq_length`, several per row of at most `row_length` tokens (default: max_seq_length;
+    see `pack_rows`): input_ids, labels and positions (R, T), length (R,).
 
     Positions restart at 0 for every example; the model turns them into block-diagonal attention, so nothing
     attends across examples. Each example's first label is IGNORE_INDEX: the token before it belongs to another
@@ -159,7 +161,7 @@ def packed_collate(samples: Sequence[dict[str, torch.Tensor]], max_seq_length: i
         labels      -  .  .  -  .  -  .  .   -      (- = IGNORE_INDEX, . = the example's own label)
     """
     cut = [{k: v[:max_seq_length] for k, v in s.items()} for s in samples]
-    rows = pack_rows([len(s["input_ids"]) for s in cut], max_seq_length)
+    rows = pack_rows([len(s["input_ids"]) for s in cut], row_length or max_seq_length)
     T = max(sum(len(cut[i]["input_ids"]) for i in row) for row in rows)
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)

@@ -69,10 +69,11 @@ class GPT(nn.Module):
         if input_pos is not None:
             positions = input_pos
             mask = build_mask(positions, self.blocks[0].attn.kv_cache.size, self.config.sliding_window)
+        elif positions is not None:
+            # a packed row may be longer than max_seq_length; only its examples' positions index the RoPE tables
+            mask = build_packed_mask(positions, self.config.sliding_window)  # (B, 1, T, T)
         elif T > self.max_seq_length:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_length={self.max_seq_length}")
-        elif positions is not None:
-            mask = build_packed_mask(positions, self.config.sliding_window)  # (B, 1, T, T)
         else:
             positions = torch.arange(T, device=idx.device)
             # plain causal attention lets SDPA pick its fused kernels; a window needs an explicit mask

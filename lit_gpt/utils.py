@@ -142,3 +142,15 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child_peak_rss_mb(cmd: list[str], cwd: Path | None = None) -> float:
+    """Run `cmd` and return that child's own peak RSS in MB (os.wait4 reports it per process, where
+    RUSAGE_CHILDREN would give the largest of all children so far). Its stdout is discarded."""
+    import subprocess
+
+    child = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise UserError(f"{' '.join(map(str, cmd))} failed with status {status}")
+    return usage.ru_maxrss / 1024

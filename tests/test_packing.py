@@ -37,11 +37,13 @@ def _model(name: str) -> GPT:
     return GPT(CONFIGS[name]).eval()
 
 
+@pytest.mark.parametrize("row_length", [16, 48], ids=["rows", "one_long_row"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_packed_loss_equals_unpacked(name: str) -> None:
+def test_packed_loss_equals_unpacked(name: str, row_length: int) -> None:
     model, samples = _model(name), _samples()
-    packed = packed_collate(samples, max_seq_length=16)
-    assert packed["input_ids"].shape[0] < len(samples)  # several examples share rows
+    model.max_seq_length = 16  # a packed row may be longer: only positions index the RoPE tables
+    packed = packed_collate(samples, max_seq_length=16, row_length=row_length)
+    assert packed["input_ids"].shape[0] == (1 if row_length == 48 else 3)  # several examples share rows
     padded = pad_collate(samples)
     with torch.no_grad():
         loss_packed, n_packed = masked_loss_sum(model(packed["input_ids"], positions=packed["positions"]),
@@ -81,9 +83,11 @@ def test_packing_keeps_the_order_and_the_row_limit() -> None:
     rows = pack_rows([5, 4, 3, 8, 1, 1, 6], max_seq_length=9)
     assert rows == [[0, 1], [2], [3, 4], [5, 6]]
     assert [i for row in rows for i in row] == list(range(7))
-    batches = step_batches(_samples(lengths=(5, 4, 3, 8, 1, 1, 6)), 3, max_seq_length=9, packing=True)
-    assert [b["input_ids"].shape[0] for b in batches] == [3, 1]
-    assert all(int(length) <= 9 for b in batches for length in b["length"])
+    # a packed micro-batch is one row of up to micro_batch_size x max_seq_length tokens, examples cut at 9
+    batches = step_batches(_samples(lengths=(5, 4, 3, 12, 1, 1, 6)), 2, max_seq_length=9, packing=True)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(1, 12), (1, 17)]  # 5+4+3 | 9+1+1+6, no padding
+    assert int(batches[1]["positions"].max()) == 8  # the 12-token example was cut at 9
+    assert [int((b["positions"] == 0).sum()) for b in batches] == [3, 4]
 
 
 @pytest.mark.parametrize("packing", [False, True])
