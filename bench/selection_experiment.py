@@ -30,12 +30,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lit_gpt.training import read_dev_prompts  # noqa: E402
 from lit_gpt.utils import cli, resolve_checkpoint_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("full", "random", "longest", "ifd")
-DEV_PROMPTS = ["Give three tips for staying healthy.", "Explain the concept of cash flow.",
-               "Write a haiku about autumn leaves."]
 
 
 def run(*args: str, log: Path) -> str:
@@ -61,7 +60,8 @@ def val_losses(metrics: Path) -> tuple[float, float, int]:
 def main(checkpoint_dir: Path, data_dir: Path, out_dir: Path = Path("out/selection"), pool: int = 400,
          k: int = 100, steps: int = 24, batch_size: int = 8, micro_batch_size: int = 4,
          learning_rate: float = 3e-4, seeds: list[int] = [1, 2, 3], arms: list[str] = list(ARMS),
-         eval_iters: int = 25, max_new_tokens: int = 80) -> None:
+         eval_iters: int = 25, dev_prompts: Path = ROOT / "examples" / "dev_prompts.json",
+         max_new_tokens: int = 80) -> None:
     """Run the experiment (see the module docstring) and write the table and plot.
 
     Args:
@@ -78,8 +78,11 @@ def main(checkpoint_dir: Path, data_dir: Path, out_dir: Path = Path("out/selecti
         arms: Which arms to run: full, random, longest, ifd.
         eval_iters: Validation micro-batches: the first eval_iters x micro_batch_size test examples, the same
             ones for every arm.
+        dev_prompts: Instructions every arm's first-seed adapter answers (greedy), as finetune/lora.py's
+            --dev_prompts reads them.
         max_new_tokens: Length of the dev-prompt answers.
     """
+    prompts = read_dev_prompts(dev_prompts)
     checkpoint_dir = resolve_checkpoint_dir(checkpoint_dir)
     out_dir = out_dir.resolve()
     logs = out_dir / "logs"
@@ -118,9 +121,9 @@ def main(checkpoint_dir: Path, data_dir: Path, out_dir: Path = Path("out/selecti
         adapter = [] if arm == "base" else ["--lora_path", str(adapter)]
         answers[arm] = [run("generate/base.py", "--checkpoint_dir", str(checkpoint_dir), *adapter, *style,
                             "--prompt", prompt, "--top_k", "1", "--max_new_tokens", str(max_new_tokens),
-                            log=logs / f"generate-{arm}.log").strip() for prompt in DEV_PROMPTS]
+                            log=logs / f"generate-{arm}.log").strip() for prompt in prompts]
     (out_dir / "results.json").write_text(json.dumps({"results": results, "answers": answers}, indent=1))
-    table = _table(results, arms, pool, k, steps, batch_size, answers)
+    table = _table(results, arms, pool, k, steps, batch_size, prompts, answers)
     (out_dir / "results.md").write_text(table)
     _plot(results, arms, out_dir / "results.png")
     print(table)
@@ -131,7 +134,7 @@ def _train_count(data_dir: Path) -> int:
 
 
 def _table(results: list[dict], arms: list[str], pool: int, k: int, steps: int, batch_size: int,
-           answers: dict[str, list[str]]) -> str:
+           prompts: list[str], answers: dict[str, list[str]]) -> str:
     lines = [f"Pool {pool} examples, k = {k}, {steps} optimizer steps x {batch_size} examples for every arm.", "",
              "| arm | train examples | seeds | val loss before | val loss after (mean ± sd; per seed) | tokens trained |",
              "|---|---|---|---|---|---|"]
@@ -143,7 +146,7 @@ def _table(results: list[dict], arms: list[str], pool: int, k: int, steps: int, 
                      f"{statistics.fmean(after):.4f} ± {sd:.4f} ({', '.join(f'{x:.4f}' for x in after)}) | "
                      f"{statistics.fmean(r['tokens_trained'] for r in g):,.0f} |")
     lines += ["", "Greedy answers of the base model and of each arm's first-seed adapter:", ""]
-    for i, prompt in enumerate(DEV_PROMPTS):
+    for i, prompt in enumerate(prompts):
         lines += [f"**{prompt}**", ""] + [f"- *{arm}*: {text[i][:600]!r}" for arm, text in answers.items()] + [""]
     return "\n".join(lines) + "\n"
 

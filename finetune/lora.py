@@ -54,7 +54,7 @@ eval_interval = 50  # optimizer steps between validation runs
 eval_iters = 100  # at most this many validation micro-batches per run
 save_interval = 100  # optimizer steps between checkpoints
 activation_checkpointing = False  # recompute each block's activations in backward: less memory, ~30% slower
-order = "shuffle"  # shuffle | none | length | source | category | score: the order examples are seen in each epoch
+order = "shuffle"  # shuffle | none | length | source | category | score | length_grouped: each epoch's order
 order_descending = False  # length/score/source/category: largest (or last) first
 order_interleave = False  # source/category: spread the groups evenly through each epoch instead of one after another
 order_score_column = "ifd"  # the column of scripts/score_dataset.py that `order = "score"` sorts by
@@ -100,7 +100,7 @@ def setup(
     eval_iters: int = eval_iters,
     save_interval: int = save_interval,
     activation_checkpointing: bool = activation_checkpointing,
-    order: Literal["shuffle", "none", "length", "source", "category", "score"] = order,
+    order: Literal["shuffle", "none", "length", "source", "category", "score", "length_grouped"] = order,
     order_descending: bool = order_descending,
     order_interleave: bool = order_interleave,
     order_score_column: str = order_score_column,
@@ -150,7 +150,8 @@ def setup(
         save_interval: Optimizer steps between checkpoints of adapter and training state.
         activation_checkpointing: Recompute block activations in the backward pass to save memory.
         order: The order examples are seen in each epoch: shuffle (fresh every epoch), none (as in the data
-            folder), length (tokens), score (a column of scripts/score_dataset.py), source or category (grouped).
+            folder), length (tokens), score (a column of scripts/score_dataset.py), source or category (grouped),
+            length_grouped (random, but each step's examples of similar length: little padding without --packing).
         order_descending: Sort largest first (length, score) or groups in reverse name order.
         order_interleave: With source/category, spread the groups evenly through each epoch instead of in blocks.
         order_score_column: The score column `--order score` sorts by (e.g. ifd, loss_with_prompt).

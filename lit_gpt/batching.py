@@ -17,6 +17,10 @@ Orders (`--order` in finetune/lora.py), all deterministic under the seed:
     source / category         blocked: all examples of one group, then the next (groups sorted by name);
                               interleaved: groups spread evenly through the epoch, in proportion to their sizes
                               (A A B A A B ...); within a group, a fresh random order each epoch
+    length_grouped            random, but each optimizer step's examples of similar length (little padding):
+                              a fresh shuffle cut into windows of GROUP_WINDOW steps, each window sorted by
+                              length and cut into steps, the steps of a window shuffled (transformers'
+                              `group_by_length`, with the steps shuffled too); no curriculum
 """
 from __future__ import annotations
 
@@ -28,19 +32,30 @@ import torch
 from lit_gpt.data.tokenize import IGNORE_INDEX
 
 
-ORDERS = ("shuffle", "none", "length", "source", "category", "score")
+ORDERS = ("shuffle", "none", "length", "source", "category", "score", "length_grouped")
 GROUP_ORDERS = ("source", "category")
+GROUP_WINDOW = 50  # optimizer steps per sorting window of `length_grouped`, as transformers' megabatches
 
 
 def epoch_order(n: int, seed: int, epoch: int, order: str = "shuffle", keys: Sequence | None = None,
-                descending: bool = False, interleave: bool = False) -> list[int]:
-    """The order in which epoch `epoch` visits examples 0..n-1; `keys[i]` is example i's length, score or group."""
-    shuffled = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+                descending: bool = False, interleave: bool = False, batch_size: int = 1) -> list[int]:
+    """The order in which epoch `epoch` visits examples 0..n-1; `keys[i]` is example i's length, score or group;
+    `batch_size` (examples per optimizer step) sizes the steps `length_grouped` forms."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    shuffled = torch.randperm(n, generator=generator).tolist()
     if order == "shuffle":
         return shuffled
     if order == "none":
         return list(range(n))
     assert keys is not None and len(keys) == n, f"order {order!r} needs one key per example"
+    if order == "length_grouped":
+        window = GROUP_WINDOW * batch_size
+        out = []
+        for start in range(0, n, window):
+            ranked = sorted(shuffled[start : start + window], key=lambda i: keys[i], reverse=True)
+            steps = [ranked[i : i + batch_size] for i in range(0, len(ranked), batch_size)]
+            out += [i for j in torch.randperm(len(steps), generator=generator).tolist() for i in steps[j]]
+        return out
     if order in GROUP_ORDERS and interleave:
         groups: dict = {}
         for i in shuffled:
@@ -58,7 +73,7 @@ def order_keys(dataset, order: str, score_column: str = "ifd", descending: bool 
     Examples without a score (NaN: nothing to score, or an unparseable judge reply) come last either way."""
     if order in ("shuffle", "none"):
         return None
-    if order == "length":
+    if order in ("length", "length_grouped"):
         return dataset.lengths.tolist()
     if order in GROUP_ORDERS:
         return [str(p.get(order) or "") for p in dataset.provenance()]
@@ -76,7 +91,8 @@ class EpochStream:
         if n == 0:
             raise ValueError("cannot draw batches from an empty dataset")
         self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._order = dict(order=order, keys=keys, descending=descending, interleave=interleave)
+        self._order = dict(order=order, keys=keys, descending=descending, interleave=interleave,
+                           batch_size=batch_size)
         self._cached: tuple[int, list[int]] | None = None
 
     def epoch_order(self, epoch: int) -> list[int]:

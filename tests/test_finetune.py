@@ -233,6 +233,31 @@ def test_orders_are_deterministic_and_respect_their_key(order: str) -> None:
         assert first != later  # reshuffled within groups per epoch
 
 
+def test_length_grouped_order_cuts_padding_and_stays_random() -> None:
+    from lit_gpt.batching import EpochStream, pad_collate
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 400, (1000,), generator=g).tolist()
+    samples = [{"input_ids": torch.zeros(n, dtype=torch.long), "labels": torch.zeros(n, dtype=torch.long)}
+               for n in lengths]
+
+    def padding(order: str, epoch: int = 0) -> tuple[float, list[int]]:
+        stream = EpochStream(1000, batch_size=8, seed=3, order=order, keys=lengths)
+        steps = [stream.step(s) for s in range(epoch * 125, (epoch + 1) * 125)]
+        padded = sum(pad_collate([samples[i] for i in step])["input_ids"].numel() for step in steps)
+        return 1 - sum(lengths) / padded, [i for step in steps for i in step]
+
+    shuffled, _ = padding("shuffle")
+    grouped, first = padding("length_grouped")
+    _, second = padding("length_grouped", epoch=1)
+    assert sorted(first) == sorted(second) == list(range(1000))  # every example once per epoch
+    assert shuffled > 0.4 and grouped < 0.05  # padding share of the padded batches
+    assert first != second and first == padding("length_grouped")[1]  # reshuffled per epoch, deterministic
+    # no curriculum: the first and last 100 steps of the epoch are about equally long on average
+    mean = [sum(lengths[i] for i in part) / len(part) for part in (first[:400], first[-400:])]
+    assert abs(mean[0] - mean[1]) < 40
+
+
 def test_interleaved_groups_spread_evenly() -> None:
     from lit_gpt.batching import epoch_order
 
