@@ -69,6 +69,25 @@ def test_no_attention_across_examples(name: str) -> None:
     assert (after[0, 6:11] - before[0, 6:11]).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("name", ["llama_gqa", "neox_partial_rotary"])
+def test_one_packed_row_attends_by_segments_like_the_mask(name: str) -> None:
+    """One row is computed example by example (fused causal SDPA per slice); two rows use the block-diagonal mask:
+    the same logits and gradients either way."""
+    from lit_gpt.model import packed_attention
+
+    model, samples = _model(name).train(), _samples(lengths=(6, 1, 5, 4))
+    batch = packed_collate(samples, max_seq_length=32)
+    ids, positions = batch["input_ids"], batch["positions"]
+    assert packed_attention(positions, None) == (6, 1, 5, 4)
+    assert packed_attention(positions.repeat(2, 1), None).shape == (2, 1, 16, 16)
+    one = model(ids, positions=positions)
+    (g_one,) = torch.autograd.grad(one.square().sum(), model.blocks[0].attn.query.weight)
+    two = model(ids.repeat(2, 1), positions=positions.repeat(2, 1))
+    (g_two,) = torch.autograd.grad(two[:1].square().sum(), model.blocks[0].attn.query.weight)
+    torch.testing.assert_close(one, two[:1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_one, g_two, rtol=1e-4, atol=1e-5)
+
+
 def test_positions_restart_and_labels_never_cross_a_boundary() -> None:
     samples = _samples(lengths=(3, 2, 4))
     samples[1]["labels"] = samples[1]["input_ids"].clone()  # trained on every token, the first included
