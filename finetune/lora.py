@@ -28,7 +28,7 @@ from lit_gpt.training import (
     neftune_hook,
     read_dev_prompts, rng_states, save_state, set_rng_states, trainable_tokens,
 )
-from lit_gpt.utils import UserError, cli, default_precision, peak_rss_mb, precision_dtype, require_dir, resolve_checkpoint_dir
+from lit_gpt.utils import UserError, cli, default_precision, peak_memory_mb, precision_dtype, require_dir, resolve_checkpoint_dir
 
 # ------------------------------------------------------------------------------------ hyperparameters
 learning_rate = 3e-4
@@ -61,7 +61,7 @@ order_score_column = "ifd"  # the column of scripts/score_dataset.py that `order
 neftune_alpha = 0.0  # NEFTune noise on the input embeddings while training (5 in the paper); 0 disables it
 early_stopping_patience: int | None = None  # stop after this many epochs without a better validation loss
 dev_prompts: Path | None = None  # instructions answered after every epoch, side by side in dev_generations.md
-packing = False  # several examples per row (attention kept inside each): almost no compute spent on padding
+packing = False  # several examples per row (attention kept inside each): no compute spent on padding
 lm_head_chunk_size = 128  # head + loss on this many trainable positions at a time; 0 = full logits at once
 compile = False  # torch.compile the model: pays off on GPUs; on CPU it measured slower (see README)
 # ------------------------------------------------------------------------------------
@@ -160,8 +160,9 @@ def setup(
         early_stopping_patience: Stop after this many epochs without a better validation loss (None: never).
         dev_prompts: A JSON list (or one-per-line text file) of instructions answered with greedy decoding after
             every epoch, written side by side to out_dir/dev_generations.md to pick an epoch by reading answers.
-        packing: Pack several examples into each row of max_seq_length tokens, with attention confined to each
-            example and positions restarting: the loss is the same as padded, with far fewer padding tokens.
+        packing: Pack each micro-batch's examples into one row of up to micro_batch_size x max_seq_length tokens,
+            with attention confined to each example and positions restarting: the loss is the same as padded,
+            with no padding tokens at all.
         lm_head_chunk_size: Compute the output head and loss on this many trainable positions at a time (masked
             prompt tokens and padding skipped), so the full tokens x vocabulary logits are never held at once;
             0 computes the full logits, as the model's plain forward does.
@@ -297,7 +298,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         metrics = {"step": step, "epoch": stream.epoch_of(step), "train_loss": train_loss, "lr": lr,
                    "step_seconds": elapsed, "tokens_padded": padded, "tokens_real": real,
                    "tokens_trainable": global_tokens, "real_tokens_per_s": real / elapsed,
-                   "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": _peak_memory_mb(fabric)}
+                   "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": peak_memory_mb(fabric.device)}
         epoch_end = int(stream.epoch_of(step)) > int(stream.epoch_of(step - 1))
         if step % h["eval_interval"] == 0 or step == max_steps or epoch_end:
             metrics["val_loss"] = validate(fabric, model, raw_model, val, max_seq_length, h)
@@ -328,7 +329,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
 
     for logger in fabric.loggers:
         logger.finalize("success")
-    summary = {"steps": step, "seconds": time.perf_counter() - t_start, "peak_memory_mb": _peak_memory_mb(fabric),
+    summary = {"steps": step, "seconds": time.perf_counter() - t_start, "peak_memory_mb": peak_memory_mb(fabric.device),
                "initial_val_loss": history[0].get("val_loss") if history and history[0]["step"] == 0 else None,
                "final_train_loss": history[-1].get("train_loss") if history else None,
                "final_val_loss": history[-1].get("val_loss") if history else None}
@@ -393,12 +394,6 @@ def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step
                                           "optimizer": optimizer.state_dict(), "rng": rng_states(),
                                           "epochs": epochs_tracker.state_dict()})
     fabric.barrier()
-
-
-def _peak_memory_mb(fabric) -> float:
-    if fabric.device.type == "cuda":
-        return torch.cuda.max_memory_allocated(fabric.device) / 2**20
-    return peak_rss_mb()
 
 
 def _fmt(key: str, value) -> str:

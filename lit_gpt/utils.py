@@ -144,6 +144,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_memory_mb(device: "torch.device | str" = "cpu") -> float:
+    """Peak memory in MB of what runs on `device`: allocated CUDA memory on a GPU, else this process' peak RSS."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
 def child_peak_rss_mb(cmd: list[str], cwd: Path | None = None) -> float:
     """Run `cmd` and return that child's own peak RSS in MB (os.wait4 reports it per process, where
     RUSAGE_CHILDREN would give the largest of all children so far). Its stdout is discarded."""

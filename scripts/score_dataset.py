@@ -50,8 +50,9 @@ def main(
         if "judge_unparseable" in summary:
             line += f", judge ratings {summary['judge_counts']}, unparseable: {summary['judge_unparseable']}"
         print(line)
-    print(f"Scored {result['examples']} examples in {result['seconds']:.1f} s ({result['examples_per_s']:.2f} "
-          f"examples/s); wrote {Path(data_dir) / 'scores.json'}")
+    print(f"Scored {result['examples']:,} examples ({result['tokens']:,} tokens) in {result['seconds']:.1f} s: "
+          f"{result['examples_per_s']:.2f} examples/s, {result['tokens_per_s']:,.0f} tokens/s, peak memory "
+          f"{result['peak_memory_mb']:,.0f} MB; wrote {Path(data_dir) / 'scores.json'}")
     return result
 
 

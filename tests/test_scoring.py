@@ -97,6 +97,7 @@ def test_ifd_equals_the_ratio_of_the_models_losses_by_hand(name: str, request: p
     data = _copy_data(workspace, tmp_path / "data")
     result = score_script.main(data, workspace["checkpoint"], batch_size=3)
     assert result["examples"] == 40 and (data / SCORES_JSON_NAME).is_file()
+    assert result["tokens"] == sum(int(read_scores(data, split)["tokens"].sum()) for split in ("train", "test"))
     tokenizer = Tokenizer(workspace["checkpoint"])
     model = _load(workspace["checkpoint"])
     train = TokenizedDataset(data, "train", tokenizer)

@@ -51,7 +51,8 @@ from lit_gpt.data.layout import SPLITS
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from lit_gpt.utils import (LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, atomic_write_text, peak_memory_mb,
+                           read_json)
 
 FORMAT = "lit_gpt.scores.v1"
 SCORES_JSON_NAME = "scores.json"
@@ -251,7 +252,7 @@ def score_split(
     flush_every: int = 20,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Score every example of `dataset`; returns per-example arrays in split order (the COLUMNS, plus `embedding`
-    and `judge_text` when asked for) and how many examples this call computed.
+    and `judge_text` when asked for), and how many examples and tokens (as cut to max_seq_length) this call computed.
 
     Finished batches are saved to the folder `partial` every `flush_every` batches and when the run stops on an
     exception (Ctrl-C included); a later call skips the examples found there. With the same batch size the resumed
@@ -273,7 +274,7 @@ def score_split(
             empty["embedding"] = np.zeros((0, model.config.n_embd), np.float32)
         if judge is not None:
             empty.update(judge=np.zeros(0), judge_text=np.zeros(0, str))
-        return empty, 0
+        return empty, 0, 0
     pending = [i for i in scoring_order(lengths, max_seq_length) if i not in done_set]
     batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
     device = model.embed.weight.device
@@ -319,7 +320,7 @@ def score_split(
     order = np.argsort(results["index"], kind="stable")
     results = {key: value[order] for key, value in results.items()}
     assert results["index"].tolist() == list(range(len(dataset))), f"{partial}: chunks do not cover the split once"
-    return results, len(pending)
+    return results, len(pending), int(np.minimum(lengths[pending], max_seq_length).sum()) if pending else 0
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -433,7 +434,8 @@ def score_dataset(
 ) -> dict[str, Any]:
     """Score both splits of DATA_DIR with the model in CHECKPOINT_DIR and write the columns beside the data.
 
-    Returns scores.json's content plus this run's `examples` (computed now), `seconds` and `examples_per_s`.
+    Returns scores.json's content plus this run's `examples` and `tokens` (computed now), `seconds`,
+    `examples_per_s`, `tokens_per_s` and `peak_memory_mb`.
     """
     from lit_gpt.checkpoint import load_model
     from lit_gpt.utils import default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
@@ -485,7 +487,7 @@ def score_dataset(
                        "what": "mean final (normed) hidden state over the example's tokens"} if embeddings else None,
         "splits": {},
     }
-    computed, start = 0, time.perf_counter()
+    computed, tokens, start = 0, 0, time.perf_counter()
     for split, dataset in datasets.items():
         partial = dataset.folder / PARTIAL_NAME
         settings_path = partial / "settings.json"
@@ -494,9 +496,9 @@ def score_dataset(
                             f"rerun with those to resume it, or delete {partial} to start over")
         partial.mkdir(exist_ok=True)
         atomic_write_json(settings_path, settings)
-        results, n = score_split(model, dataset, partial, batch_size, max_seq_length, bos_id, embeddings, judge,
-                                 tokenizer, flush_every)
-        computed += n
+        results, n, n_tokens = score_split(model, dataset, partial, batch_size, max_seq_length, bos_id, embeddings,
+                                           judge, tokenizer, flush_every)
+        computed, tokens = computed + n, tokens + n_tokens
         for name, made in ((EMBEDDINGS_NAME, embeddings), (JUDGE_NAME, judge is not None)):
             if not made:  # an earlier run's file would no longer match this run's scores
                 (dataset.folder / name).unlink(missing_ok=True)
@@ -506,7 +508,9 @@ def score_dataset(
         info["splits"][split] = _summary(results)
     atomic_write_json(data_dir / SCORES_JSON_NAME, info)
     seconds = time.perf_counter() - start
-    return {**info, "examples": computed, "seconds": seconds, "examples_per_s": computed / seconds if seconds else 0.0}
+    return {**info, "examples": computed, "tokens": tokens, "seconds": seconds,
+            "examples_per_s": computed / seconds if seconds else 0.0, "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "peak_memory_mb": peak_memory_mb(device)}
 
 
 def _summary(results: dict[str, np.ndarray]) -> dict[str, Any]:
