@@ -21,8 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 from lit_gpt.config import Config
 
-# What attention may see: None = causal; a boolean tensor (B or 1, 1, T, kv_len) = that mask; a tuple of lengths =
-# one row of packed examples, each attending causally to itself only (see `packed_attention`)
+# What attention may see: None = causal; a boolean tensor broadcastable to (B, nh, T, kv_len) = that mask; a tuple
+# of lengths = one row of packed examples, each attending causally to itself only (see `packed_attention`)
 Mask = torch.Tensor | tuple[int, ...] | None
 
 
