@@ -21,7 +21,7 @@ What it does:
        then the packages under the harness' lock files) when `--make_venvs` is given and they are missing;
      - team -> this repo's `.venv` (lit_gpt installed there in editable mode).
    A second spec, `team_packed`, is derived from team.json: the same command with `--packing true` (the 4
-   examples of a step packed into rows of up to 512 tokens, attention kept inside each example).
+   examples of a step packed into one row of up to 4 x 512 tokens, attention kept inside each example).
 2. `bench.py setup`: the random-weight Llama checkpoint (`small`: 58.5M, hidden 512, 8 layers, vocab 32000, with
    the real Llama 2 tokenizer), the 1k Alpaca training slice, and each tool's conversion of a copy of the HF
    folder (litgpt: `litgpt convert_to_litgpt`; ours: `scripts/convert_hf_checkpoint.py`), once.
@@ -144,7 +144,7 @@ def install_harness(args: argparse.Namespace) -> Path:
     spec = json.loads((ROOT / "bench" / "peers" / "team.json").read_text())
     spec["defaults"].update(repo=str(ROOT), team_seed=str(args.team_seed))
     (harness / "peers" / "team.json").write_text(json.dumps(spec, indent=2))
-    # ours with --packing: the same converted checkpoint, data and examples per step, packed into rows
+    # ours with --packing: the same converted checkpoint, data and examples per step, packed into one row
     packed = {k: v for k, v in spec.items() if k not in ("convert", "prepare")}
     packed.update(name="team_packed", description="finetune/lora.py --packing true; otherwise as team.json",
                   ckpt="{bench}/runs/ckpt/team/{model_name}",
