@@ -164,7 +164,7 @@ def _plot(results: list[dict], arms: list[str], path: Path) -> None:
         ax.hlines(statistics.fmean(ys), i - 0.2, i + 0.2, color="C1")
     ax.set_xticks(range(len(arms)), arms)
     ax.set_ylabel("validation loss after finetuning")
-    ax.set_title("Equal compute: one dot per seed, bar = mean")
+    ax.set_title("Equal steps x examples: one dot per seed, bar = mean")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
