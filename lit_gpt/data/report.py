@@ -82,7 +82,8 @@ def format_report(s: dict[str, Any]) -> str:
         ("trainable tokens", f"{s['trainable_fraction']:.1%} of {sum(s['tokens'].values()):,}"),
     ]
     for part in ("total", "prompt", "response"):
-        rows.append((f"{part} tokens", " · ".join(f"{k} {v:,}" for k, v in lengths[part].items())))
+        # as tokenized, before any cut: the lengths a larger max_seq_length would keep
+        rows.append((f"{part} tokens, uncut", " · ".join(f"{k} {v:,}" for k, v in lengths[part].items())))
     if s["categories"]:
         rows.append(("categories", _counts(s["categories"], top=8)))
     rows.append(("turns per sample", _counts(s["turns"])))
