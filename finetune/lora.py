@@ -28,7 +28,10 @@ from lit_gpt.training import (
     neftune_hook,
     read_dev_prompts, rng_states, save_state, set_rng_states, trainable_tokens,
 )
-from lit_gpt.utils import UserError, cli, default_precision, peak_memory_mb, precision_dtype, require_dir, resolve_checkpoint_dir
+from lit_gpt.utils import (
+    UserError, cli, default_precision, peak_memory_mb, precision_dtype, require_dir, resolve_checkpoint_dir,
+    resolve_data_dir,
+)
 
 # ------------------------------------------------------------------------------------ hyperparameters
 learning_rate = 3e-4
@@ -174,7 +177,7 @@ def setup(
     hparams = {k: v for k, v in locals().items() if k not in ("L", "TensorBoardLogger")}
     checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder",
                                  "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME")
-    data_dir = require_dir(Path(data_dir), "data folder", "Prepare data first, e.g. python scripts/prepare_alpaca.py")
+    data_dir = require_dir(resolve_data_dir(data_dir), "data folder", "Prepare data first, e.g. python scripts/prepare_alpaca.py")
     if batch_size % (devices * micro_batch_size):
         raise UserError(f"batch_size {batch_size} must be a multiple of devices x micro_batch_size "
                         f"({devices} x {micro_batch_size})")

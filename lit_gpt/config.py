@@ -140,7 +140,7 @@ class Config:
 
 
 # ------------------------------------------------------------------------------------ HF config mapping
-# One small function per architecture and direction; `tests/test_config.py` checks that every named config
+# One small function per architecture and direction; `tests/test_model.py` checks that every named config
 # survives the round trip Config -> config.json -> Config unchanged.
 
 

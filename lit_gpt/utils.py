@@ -75,6 +75,17 @@ def resolve_checkpoint_dir(checkpoint_dir: Path | str, root: Path | str = "check
     return candidate if candidate.is_dir() else path
 
 
+def resolve_data_dir(data_dir: Path | str) -> Path:
+    """`--data_dir /data/csv` as the walkthrough spells it means the `data/csv` that `prepare_csv.py` wrote
+    (its default `--destination_path`) when no `/data/csv` exists."""
+    path = Path(data_dir)
+    if not path.is_dir() and path.is_absolute() and path.parts[1:2] == ("data",) and path.relative_to("/").is_dir():
+        print(f"--data_dir {path} does not exist; using {path.relative_to('/')} (relative to this folder)",
+              file=sys.stderr)
+        return path.relative_to("/")
+    return path
+
+
 def require_dir(path: Path, what: str, hint: str) -> Path:
     if not path.is_dir():
         raise UserError(f"{what} {str(path)!r} does not exist. {hint}")
@@ -94,9 +105,18 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); the result gets the mode `open()` would have given it
+        os.chmod(tmp_path, 0o666 & ~umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def umask() -> int:
+    """The process' file-creation mask, unchanged."""
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:

@@ -107,18 +107,63 @@ def test_sharded_and_bin_checkpoints_convert(tmp_path: Path) -> None:
     hf_model.save_pretrained(sharded, max_shard_size="20KB")
     assert json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
     assert len(list(sharded.glob("model-*.safetensors"))) > 2
-    convert_hf_checkpoint(sharded, dtype=torch.float32)
 
     as_bin = tmp_path / "bin"
     as_bin.mkdir()
     (as_bin / "config.json").write_text((hf_dir / "config.json").read_text())
     torch.save(hf_model.state_dict(), as_bin / "pytorch_model.bin")
-    convert_hf_checkpoint(as_bin, dtype=torch.float32)
 
+    # sharded .bin as older repos publish it: pytorch_model-0000N-of-0000M.bin plus its index
+    sharded_bin = tmp_path / "sharded_bin"
+    sharded_bin.mkdir()
+    (sharded_bin / "config.json").write_text((hf_dir / "config.json").read_text())
+    state = hf_model.state_dict()
+    names = sorted(state)
+    parts = [names[: len(names) // 2], names[len(names) // 2 :]]
+    weight_map = {}
+    for n, part in enumerate(parts, 1):
+        file = f"pytorch_model-{n:05d}-of-{len(parts):05d}.bin"
+        torch.save({k: state[k] for k in part}, sharded_bin / file)
+        weight_map.update(dict.fromkeys(part, file))
+    (sharded_bin / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+    idx = torch.randint(0, 96, (1, 11), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = hf_model(idx).logits
+    for folder in (sharded, as_bin, sharded_bin):
+        convert_hf_checkpoint(folder, dtype=torch.float32)
+        with torch.no_grad():
+            torch.testing.assert_close(load_model(folder).eval()(idx), expected, rtol=1e-5, atol=1e-5, msg=str(folder))
     reference = load_weights(sharded)
-    for folder in (as_bin,):
+    for folder in (as_bin, sharded_bin):
         for name, tensor in load_weights(folder).items():
             torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
+
+
+def test_model_name_picks_the_named_config(tmp_path: Path) -> None:
+    hf_dir, _ = make_hf_checkpoint(tmp_path, "smollm2_tied")
+    # a folder whose config.json is not read: --model_name decides the shapes, so a mismatch is refused
+    with pytest.raises(UserError, match="do not match the config 'SmolLM2-135M'"):
+        convert_hf_checkpoint(hf_dir, model_name="SmolLM2-135M")
+    assert not (hf_dir / "lit_model.safetensors").exists()
+    with pytest.raises(UserError, match="no config named"):
+        convert_hf_checkpoint(hf_dir, model_name="SmolLM2-9B")
+
+    # the smallest named config, with weights made by transformers from the HF config it mirrors
+    named = Config.from_name("pythia-14m")
+    hf_model = transformers.AutoModelForCausalLM.from_config(
+        transformers.GPTNeoXConfig(**named.to_hf_config()), dtype=torch.float32).eval()
+    folder = tmp_path / "pythia"
+    hf_model.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "not-a-known-type"}))
+    with pytest.raises(UserError):  # derived from config.json, it is refused ...
+        convert_hf_checkpoint(folder)
+    convert_hf_checkpoint(folder, model_name="pythia-14m")  # ... named, config.json is not consulted
+    assert Config.from_checkpoint(folder) == named
+    idx = torch.randint(0, 1000, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(folder).eval()(idx), hf_model(idx).logits, rtol=1e-5, atol=1e-5)
 
 
 def test_dtype_option_casts_weights(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""The model on its own: KV-cached generation equals uncached generation; config table and round trips."""
+"""The model on its own: KV-cached generation equals uncached generation; config table and round trips; the path
+and file helpers every script uses."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,7 @@ import torch
 from lit_gpt.config import Config, configs, name_to_config
 from lit_gpt.generate import generate, sample
 from lit_gpt.model import GPT
-from lit_gpt.utils import UserError, resolve_checkpoint_dir
+from lit_gpt.utils import UserError, atomic_path, atomic_write_text, resolve_checkpoint_dir, resolve_data_dir
 
 TINY = dict(vocab_size=64, n_layer=2, n_embd=32, n_head=4, intermediate_size=48, block_size=64)
 TINY_LAYOUTS = {
@@ -154,6 +157,31 @@ def test_checkpoint_dir_accepts_a_bare_repo_id(tmp_path: Path, monkeypatch: pyte
     assert resolve_checkpoint_dir("meta-llama/Llama-2-7b-hf") == Path("checkpoints/meta-llama/Llama-2-7b-hf")
     assert resolve_checkpoint_dir("checkpoints/meta-llama/Llama-2-7b-hf") == Path("checkpoints/meta-llama/Llama-2-7b-hf")
     assert resolve_checkpoint_dir("other/model") == Path("other/model")
+
+
+def test_walkthrough_data_dir_slash_data_means_the_prepared_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    if Path("/data/csv").exists():
+        pytest.skip("this machine has a real /data/csv")
+    assert resolve_data_dir("/data/csv") == Path("/data/csv")  # nothing to fall back to: the error names it
+    (tmp_path / "data" / "csv").mkdir(parents=True)
+    assert resolve_data_dir("/data/csv") == Path("data/csv")
+    assert "using data/csv" in capsys.readouterr().err
+    assert resolve_data_dir("/elsewhere/csv") == Path("/elsewhere/csv")
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    # as open() would have made them, not mkstemp's owner-only 0600: checkpoints are shared between users
+    assert {stat.S_IMODE((tmp_path / n).stat().st_mode) for n in ("a.txt", "b.bin")} == {0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin"]
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients() -> None:

@@ -4,6 +4,7 @@ Skipped when ../shared (or the packages its checkpoint tool needs) is missing.
 """
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,9 @@ def test_generate_answers_paris(smollm2: Path) -> None:
                         "What is the capital of France?", "--prompt_style", "chat", "--top_k", "1", "--max_new_tokens", "20")
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
-    # stopped at EOS (<|im_end|>) well before the token limit
-    assert "Generated 7 tokens" in result.stderr or "Paris." in result.stdout.strip().splitlines()[-1]
+    # stopped at EOS (<|im_end|>) well before the token limit of 20
+    generated = re.search(r"Generated (\d+) tokens", result.stderr)
+    assert generated and int(generated.group(1)) < 20, result.stderr
 
 
 def test_real_model_logits_match_transformers_both_ways(smollm2: Path, tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 
 from lit_gpt.data.tokenize import Sample
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import UserError, read_json
+from lit_gpt.utils import UserError, read_json, umask
 
 FORMAT = "lit_gpt.tokenized.v1"
 META_NAME = "meta.json"
@@ -86,7 +86,7 @@ def replace_dir(destination: Path) -> Iterator[Path]:
     on failure it is removed: a failing or killed run never leaves a half-written dataset under the final name."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the data folder is as readable as any other
+    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700); the data folder is as readable as any other
     try:
         yield tmp
         old = None
