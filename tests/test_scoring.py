@@ -166,6 +166,23 @@ def test_a_response_with_nothing_to_predict_from_has_undefined_scores(chat: dict
             assert float(loss_sum[row]) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_packed_and_padded_batches_score_every_example_alike(chat: dict) -> None:
+    """Scoring packs a batch into one row (no padding); per example, that equals the padded batch."""
+    from lit_gpt.batching import packed_collate, pad_collate
+
+    model = _load(chat["checkpoint"])
+    train = TokenizedDataset(chat["data"], "train", None)
+    samples = [train[i] for i in range(5)]
+    assert len({len(s["input_ids"]) for s in samples}) > 1  # padding would be needed
+    padded = response_losses(model, pad_collate(samples), embeddings=True)
+    total = sum(len(s["input_ids"]) for s in samples)
+    for batch in (packed_collate(samples, total, total), packed_collate(samples, total, total // 2 + 1)):
+        packed = response_losses(model, batch, embeddings=True)  # one row; then two rows, the second padded
+        assert packed[1].tolist() == padded[1].tolist()
+        torch.testing.assert_close(packed[0], padded[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(packed[2], padded[2], rtol=1e-5, atol=1e-5)
+
+
 def test_an_interrupted_run_resumes_without_recomputing(chat: dict, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import lit_gpt.checkpoint

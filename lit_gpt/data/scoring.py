@@ -98,14 +98,26 @@ def alone_sample(sample: dict[str, torch.Tensor], bos_id: int | None, max_seq_le
 @torch.inference_mode()
 def response_losses(model: GPT, batch: dict[str, torch.Tensor], embeddings: bool = False,
                     chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per row of a `pad_collate` batch: the summed next-token loss over its labelled positions (B,) float32, how
-    many there were (B,), and with `embeddings` the mean final hidden state over its real tokens (B, n_embd).
+    """Per example of a `pad_collate` or `packed_collate` batch, in order: the summed next-token loss over its
+    labelled positions (E,) float32, how many there were (E,), and with `embeddings` the mean final hidden state
+    over its tokens (E, n_embd).
 
-    Row by row this is `masked_loss_sum(model(input_ids), labels)`. The head runs only on labelled positions, in
-    chunks of `chunk_size`, so prompt tokens cost no vocabulary projection and the (B, T, vocab) logits never exist.
+    Example by example this is `masked_loss_sum(model(input_ids), labels)`. The head runs only on labelled
+    positions, in chunks of `chunk_size`, so prompt tokens cost no vocabulary projection and the (B, T, vocab)
+    logits never exist.
     """
-    hidden = model(batch["input_ids"], head=False)  # (B, T, n_embd)
-    targets = batch["labels"][:, 1:].to(hidden.device)  # (B, T - 1): position t predicts label t + 1
+    positions = batch.get("positions")
+    hidden = model(batch["input_ids"], positions=positions, head=False)  # (R, T, n_embd)
+    R, T = batch["input_ids"].shape
+    real = torch.arange(T, device=hidden.device)[None, :] < batch["length"].to(hidden.device)[:, None]  # (R, T)
+    if positions is None:  # padded: one example per row
+        starts = torch.zeros_like(real)
+        starts[:, 0] = True
+    else:  # packed: an example starts at every position 0 (padding at a row's end has position 0 too)
+        starts = (positions == 0) & real
+    example = (starts.flatten().cumsum(0) - 1).view(R, T)  # (R, T): the example each position belongs to
+    E = int(starts.sum())
+    targets = batch["labels"][:, 1:].to(hidden.device)  # (R, T - 1): position t predicts label t + 1
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,)
     picked = hidden[:, :-1][rows, cols]  # (N, n_embd)
     losses = torch.cat([
@@ -113,14 +125,14 @@ def response_losses(model: GPT, batch: dict[str, torch.Tensor], embeddings: bool
                         reduction="none")
         for i in range(0, len(rows), chunk_size)
     ]) if len(rows) else hidden.new_zeros(0, dtype=torch.float32)
-    B = hidden.size(0)
-    loss_sum = torch.zeros(B, dtype=torch.float32, device=hidden.device).index_add_(0, rows, losses)
-    count = torch.bincount(rows, minlength=B)
+    owner = example[rows, cols + 1]  # (N,): a label never crosses examples (each one's first label is ignored)
+    loss_sum = torch.zeros(E, dtype=torch.float32, device=hidden.device).index_add_(0, owner, losses)
+    count = torch.bincount(owner, minlength=E)
     mean_hidden = None
     if embeddings:
-        length = batch["length"].to(hidden.device)
-        real = torch.arange(hidden.size(1), device=hidden.device)[None, :] < length[:, None]  # (B, T)
-        mean_hidden = (hidden.float() * real[..., None]).sum(1) / length[:, None]  # (B, n_embd)
+        ids = example[real]  # (n_real,)
+        totals = torch.zeros(E, hidden.size(-1), dtype=torch.float32, device=hidden.device)
+        mean_hidden = totals.index_add_(0, ids, hidden[real].float()) / torch.bincount(ids, minlength=E)[:, None]
     return loss_sum.cpu(), count.cpu(), None if mean_hidden is None else mean_hidden.cpu()
 
 
@@ -239,6 +251,15 @@ def _write_chunk(partial: Path, rows: list[dict[str, Any]]) -> None:
             np.savez(f, **{key: np.array([r[key] for r in rows]) for key in rows[0]})
 
 
+def _one_row(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The batch as one packed row: no padding (the responses alone vary in length even when the examples do not),
+    and each example attends only to itself, through SDPA's fused causal kernel on its own slice."""
+    from lit_gpt.batching import packed_collate
+
+    total = sum(len(s["input_ids"]) for s in samples)
+    return packed_collate(samples, max_seq_length=total, row_length=total)
+
+
 def score_split(
     model: GPT,
     dataset: TokenizedDataset,
@@ -259,8 +280,6 @@ def score_split(
     run forms exactly the batches the uninterrupted run would have, so its results are identical; a different one
     (say, smaller after running out of memory) is allowed and agrees to float rounding.
     """
-    from lit_gpt.batching import pad_collate
-
     if judge is not None and tokenizer is None:
         raise ValueError("the judge needs the data's tokenizer to decode examples")
     max_seq_length = max_seq_length or model.max_seq_length
@@ -287,8 +306,8 @@ def score_split(
                   desc=f"Scoring {dataset.folder.name}", dynamic_ncols=True) as progress:
             for number, indices in enumerate(batches, 1):
                 samples = [cut(dataset[i], max_seq_length) for i in indices]
-                with_prompt = pad_collate(samples)
-                alone = pad_collate([alone_sample(s, bos_id, max_seq_length) for s in samples])
+                with_prompt = _one_row(samples)
+                alone = _one_row([alone_sample(s, bos_id, max_seq_length) for s in samples])
                 sum_p, n_p, hidden = response_losses(model, {k: v.to(device) for k, v in with_prompt.items()},
                                                      embeddings)
                 sum_a, n_a, _ = response_losses(model, {k: v.to(device) for k, v in alone.items()})
