@@ -20,7 +20,7 @@ def main(
     data_dir: Path,
     checkpoint_dir: Path,
     judge_checkpoint_dir: Path | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_seq_length: int | None = None,
     embeddings: bool = True,
     judge_max_new_tokens: int = 8,
@@ -35,7 +35,7 @@ def main(
             enough: Superfiltering found GPT-2's IFD ranks data like a 7B model's.
         judge_checkpoint_dir: An instruction model with a chat template that also rates each example 1-5,
             AlpaGasus-style (the `judge` column; slow: one generation per example).
-        batch_size: Examples per forward pass (sorted by length, so batches carry little padding).
+        batch_size: Examples per forward pass, packed into one row (no padding); longest first.
         max_seq_length: Cut examples to this many tokens (default: the model's context).
         embeddings: Also save each example's mean final hidden state (`embeddings.npy`, for --policy diverse).
         judge_max_new_tokens: Tokens the judge may write after "Score:".
