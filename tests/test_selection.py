@@ -151,6 +151,16 @@ def test_k_center_covers_planted_clusters_better_than_random() -> None:
         assert gains[0] == 0 and all(g > 5 for g in gains[1:])  # each later pick opened a new cluster
 
 
+def test_k_center_picks_k_distinct_examples_when_there_are_fewer_distinct_points() -> None:
+    """Exact duplicates (the same text twice) embed identically: once every distinct point has a center, the
+    rest are copies at distance 0, and each is still picked once."""
+    points = np.repeat(np.eye(3), [3, 2, 2], axis=0)  # 7 points, 3 distinct
+    picks, gains = k_center_greedy(points, 6, first=0)
+    assert len(set(picks)) == 6
+    assert sorted({tuple(points[i]) for i in picks[:3]}) == sorted({tuple(r) for r in np.eye(3)})
+    assert gains[1:3] == [pytest.approx(2**0.5)] * 2 and gains[3:] == [0.0, 0.0, 0.0]
+
+
 def test_diverse_on_the_models_embeddings(scored: dict, tmp_path: Path) -> None:
     manifest, kept = _select(scored["data"], tmp_path / "out", "diverse", k=6, seed=1)
     assert len(set(kept)) == 6 and manifest["value"] == "distance_to_nearest_earlier_pick"

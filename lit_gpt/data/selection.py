@@ -56,12 +56,14 @@ def k_center_greedy(points: np.ndarray, k: int, first: int) -> tuple[list[int], 
     from all picked so far (ties: the lowest index). Returns the picks and each one's distance at pick time (0 for
     the first). Its covering radius is within 2x of the best possible (Gonzalez 1985)."""
     distance = np.linalg.norm(points - points[first], axis=1)
+    distance[first] = -np.inf  # never picked twice, even once every point left is a copy of a picked one
     picks, gains = [first], [0.0]
     for _ in range(k - 1):
         nxt = int(np.argmax(distance))
         picks.append(nxt)
         gains.append(float(distance[nxt]))
         distance = np.minimum(distance, np.linalg.norm(points - points[nxt], axis=1))
+        distance[nxt] = -np.inf
     return picks, gains
 
 
