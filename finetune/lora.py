@@ -8,6 +8,7 @@ edit them here or override them with flags or a YAML file (`--config my.yaml`, k
 import dataclasses
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -18,8 +19,9 @@ import torch
 from lit_gpt.batching import EpochStream, order_keys, step_batches
 from lit_gpt.checkpoint import load_model
 from lit_gpt.data.dataset import TokenizedDataset
+from lit_gpt.fsdp import average_adapter_grads, fsdp_strategy, is_sharded, lockstep_batches
 from lit_gpt.generate import generate_tokens
-from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_state_dict, save_lora
+from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_parameters, save_lora
 from lit_gpt.prompts import load_prompt_style
 from lit_gpt.quantize import quantize_model
 from lit_gpt.tokenizer import Tokenizer
@@ -123,7 +125,8 @@ def setup(
         precision: Lightning Fabric precision: 32-true, bf16-true, 16-true, bf16-mixed or 16-mixed
             (default: bf16-true on a GPU that supports it, else 32-true).
         devices: Number of devices (GPUs, or CPU processes) to train on.
-        strategy: Fabric strategy: auto, ddp or fsdp.
+        strategy: Fabric strategy: auto, ddp or fsdp (the frozen base model sharded over the devices, each
+            transformer block its own unit; the adapters replicated, see lit_gpt/fsdp.py).
         quantize: QLoRA: hold the frozen block weights in 4-bit (nf4/fp4, -dq = double quantization) or int8
             through bitsandbytes (`pip install 'lit_gpt[quantize]'`).
         resume: Continue from the training state in out_dir: true (it must exist) or auto (if it exists).
@@ -182,9 +185,14 @@ def setup(
         raise UserError(f"batch_size {batch_size} must be a multiple of devices x micro_batch_size "
                         f"({devices} x {micro_batch_size})")
     lora_config = LoRAConfig(**{k: v for k, v in hparams.items() if k.startswith("lora_")})
+    if strategy.startswith("fsdp") and strategy != "fsdp":  # Lightning's other FSDP variants would shard the adapter
+        raise UserError(f"--strategy {strategy} is not supported; use --strategy fsdp (see lit_gpt/fsdp.py)")
+    if strategy == "fsdp" and quantize:
+        raise UserError("--quantize does not work with --strategy fsdp (FSDP cannot flatten bitsandbytes' quantized "
+                        "weights); use --strategy ddp or one device")
     precision = precision or default_precision()
-    fabric = L.Fabric(devices=devices, strategy=strategy, precision=precision,
-                      loggers=TensorBoardLogger(out_dir, name="logs", version=""))
+    fabric = L.Fabric(devices=devices, strategy=fsdp_strategy() if strategy == "fsdp" else strategy,
+                      precision=precision, loggers=TensorBoardLogger(out_dir, name="logs", version=""))
     fabric.launch()
     return main(fabric, checkpoint_dir, data_dir, Path(out_dir), lora_config, precision, hparams)
 
@@ -201,7 +209,17 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     fabric.print(f"{len(train):,} training / {len(val):,} validation examples; max_seq_length {max_seq_length} "
                  f"({cut} training examples longer than that are cut, losing their end and EOS)")
 
-    model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
+    state_path = out_dir / STATE_NAME
+    if h["resume"] is True and not state_path.is_file():
+        raise UserError(f"--resume true but {state_path} does not exist; use --resume auto to start fresh when absent")
+    state = load_state(state_path) if h["resume"] and state_path.is_file() else None
+    if state is not None and state["lora_config"] != dataclasses.asdict(lora_config):
+        raise UserError(f"{state_path} was trained with {state['lora_config']}; resume with the same LoRA settings "
+                        "or pass another --out_dir")
+
+    sharded = is_sharded(fabric)
+    # FSDP moves the model to the device one unit at a time as it shards it: the whole never sits on one device
+    model = load_model(checkpoint_dir, device="cpu" if sharded else fabric.device, dtype=precision_dtype(precision))
     if max_seq_length > model.config.block_size:
         raise UserError(f"max_seq_length {max_seq_length} exceeds the model's context ({model.config.block_size} "
                         f"tokens); set --override_max_seq_length {model.config.block_size}")
@@ -209,18 +227,29 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     if h["quantize"]:
         quantize_model(model, h["quantize"], log=fabric.print)
     apply_lora(model, lora_config)
+    # the adapter by name, taken before any wrapping (FSDP nests the module names); the same tensors, whole, on
+    # every strategy, FSDP included (lit_gpt/fsdp.py): they are what gets saved, resumed and optimized
+    adapter = lora_parameters(model)
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state["lora"], strict=False)
+        assert not unexpected and not set(state["lora"]) & set(missing), "the saved adapter did not load"
     model.activation_checkpointing = h["activation_checkpointing"]
     if h["neftune_alpha"]:
         model.embed.register_forward_hook(neftune_hook(h["neftune_alpha"]))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in adapter.values())
     fabric.print(f"LoRA: {trainable:,} trainable of {sum(p.numel() for p in model.parameters()):,} parameters")
     raw_model = model
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=h["learning_rate"], weight_decay=h["weight_decay"]
-    )
     if h["compile"]:
         model = torch.compile(model, dynamic=True)  # packed and padded batches change shape every step
-    model, optimizer = fabric.setup(model, optimizer)
+    # the model first, then the optimizer of its trainable parameters, as FSDP wants it
+    model = fabric.setup_module(model)
+    optimizer = fabric.setup_optimizers(
+        torch.optim.AdamW(adapter.values(), lr=h["learning_rate"], weight_decay=h["weight_decay"])
+    )
+    # under FSDP each rank holds a shard of the base model: every rank generates, through the sharded model
+    # (rank 0 keeps the text); otherwise rank 0 alone, on the plain model
+    generator = model if sharded else raw_model
+    generates = sharded or fabric.global_rank == 0
 
     world = fabric.world_size
     accumulation = h["batch_size"] // (world * h["micro_batch_size"])
@@ -240,17 +269,8 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     dev = read_dev_prompts(h["dev_prompts"]) if h["dev_prompts"] else []
     style = load_prompt_style(train.meta.get("prompt_style", "auto"), tokenizer)
     epochs_tracker = EpochTracker(out_dir, h["early_stopping_patience"])
-    state_path = out_dir / STATE_NAME
     step = 0
-    if h["resume"] is True and not state_path.is_file():
-        raise UserError(f"--resume true but {state_path} does not exist; use --resume auto to start fresh when absent")
-    if h["resume"] and state_path.is_file():
-        state = load_state(state_path)
-        if state["lora_config"] != dataclasses.asdict(lora_config):
-            raise UserError(f"{state_path} was trained with {state['lora_config']}; resume with the same LoRA settings "
-                            "or pass another --out_dir")
-        missing, unexpected = raw_model.load_state_dict(state["lora"], strict=False)
-        assert not unexpected and not set(state["lora"]) & set(missing), "the saved adapter did not load"
+    if state is not None:  # the adapter weights went in before the model was set up
         optimizer.load_state_dict(state["optimizer"])
         set_rng_states(state["rng"])
         epochs_tracker.load_state_dict(state["epochs"])
@@ -262,7 +282,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     history: list[dict] = []
     val_prompt = _prompt_of(val[0]) if len(val) else None
     if step == 0:
-        initial = {"step": 0, "val_loss": validate(fabric, model, raw_model, val, max_seq_length, h)}
+        initial = {"step": 0, "val_loss": validate(fabric, model, val, max_seq_length, h)}
         fabric.log_dict(initial, step=0)
         if metrics_csv:
             metrics_csv.log(initial)
@@ -276,16 +296,22 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         # the loss is a mean over the trainable tokens of the whole global batch, on every device
         local_tokens = sum(trainable_tokens(b["labels"]) for b in batches)
         global_tokens = int(fabric.all_reduce(torch.tensor(local_tokens, device=fabric.device), reduce_op="sum"))
+        # padded: what was computed; real: tokens of the examples (prompt, BOS, EOS); trainable: carrying loss
+        counts = torch.tensor([sum(b["input_ids"].numel() for b in batches),
+                               sum(b["length"].sum() for b in batches)], device=fabric.device)
         lr = lr_at(step + 1, max_steps, h["learning_rate"], warmup, h["min_lr"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=fabric.device)
+        batches = lockstep_batches(fabric, batches)  # under FSDP: as many passes as every other rank
         for i, batch in enumerate(batches):
             with fabric.no_backward_sync(model, enabled=i < len(batches) - 1):
-                loss, _ = batch_loss(fabric, model, raw_model, batch, h["lm_head_chunk_size"])
-                # DDP averages gradients over devices; scaling by world size turns that into the global mean
+                loss, _ = batch_loss(fabric, model, batch, h["lm_head_chunk_size"])
+                # gradients get averaged over devices (by DDP in backward, FSDP's adapters just below); scaling by
+                # world size turns that into the global mean
                 fabric.backward(loss * world / max(global_tokens, 1))
             loss_sum += loss.detach()
+        average_adapter_grads(fabric, adapter.values())  # FSDP leaves them to us (lit_gpt/fsdp.py); else a no-op
         if h["grad_clip"]:
             fabric.clip_gradients(model, optimizer, max_norm=h["grad_clip"])
         optimizer.step()
@@ -294,9 +320,6 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
 
         train_loss = float(fabric.all_reduce(loss_sum, reduce_op="sum")) / max(global_tokens, 1)
         elapsed = time.perf_counter() - t0
-        # padded: what was computed; real: tokens of the examples (prompt, BOS, EOS); trainable: carrying loss
-        counts = torch.tensor([sum(b["input_ids"].numel() for b in batches),
-                               sum(b["length"].sum() for b in batches)], device=fabric.device)
         padded, real = (int(c) for c in fabric.all_reduce(counts, reduce_op="sum"))
         metrics = {"step": step, "epoch": stream.epoch_of(step), "train_loss": train_loss, "lr": lr,
                    "step_seconds": elapsed, "tokens_padded": padded, "tokens_real": real,
@@ -304,9 +327,9 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
                    "trainable_tokens_per_s": global_tokens / elapsed, "peak_memory_mb": peak_memory_mb(fabric.device)}
         epoch_end = int(stream.epoch_of(step)) > int(stream.epoch_of(step - 1))
         if step % h["eval_interval"] == 0 or step == max_steps or epoch_end:
-            metrics["val_loss"] = validate(fabric, model, raw_model, val, max_seq_length, h)
-            if val_prompt is not None and fabric.global_rank == 0:
-                sample = _sample(raw_model, tokenizer, val_prompt, fabric.device)
+            metrics["val_loss"] = validate(fabric, model, val, max_seq_length, h)
+            if val_prompt is not None and generates:
+                sample = _sample(generator, tokenizer, val_prompt, fabric.device, lockstep=sharded)
                 fabric.print(f"step {step} sample: {sample!r}")
         fabric.log_dict(metrics, step=step)
         if metrics_csv:
@@ -316,17 +339,17 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         stop = False
         if epoch_end:
             epoch = int(stream.epoch_of(step))
+            # every epoch's adapter, and its answers to the dev prompts, to choose an epoch by reading
+            answers = [_answer(generator, tokenizer, style, p, fabric.device, sharded) for p in dev] if generates else []
             if fabric.global_rank == 0:
-                # every epoch's adapter, and its answers to the dev prompts, to choose an epoch by reading
-                save_lora(raw_model, lora_config, out_dir / f"epoch-{epoch}" / LORA_WEIGHTS_NAME, style.name)
-                answers = [_answer(raw_model, tokenizer, style, prompt, fabric.device) for prompt in dev]
+                save_lora(adapter, lora_config, out_dir / f"epoch-{epoch}" / LORA_WEIGHTS_NAME, style.name)
                 epochs_tracker.record(epoch, step, metrics["val_loss"], dict(zip(dev, answers)))
             stop = fabric.broadcast(epochs_tracker.should_stop())
             if stop:
                 fabric.print(f"Early stopping after epoch {epoch}: no better validation loss for "
                              f"{h['early_stopping_patience']} epochs (best: epoch {epochs_tracker.best_epoch})")
         if step % h["save_interval"] == 0 or step == max_steps or stop:
-            _save(fabric, raw_model, optimizer, lora_config, out_dir, step, style.name, epochs_tracker)
+            _save(fabric, adapter, optimizer, lora_config, out_dir, step, style.name, epochs_tracker)
         if stop:
             break
 
@@ -342,25 +365,26 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     return {"history": history, **summary}
 
 
-def batch_loss(fabric, model, raw_model, batch: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
+def batch_loss(fabric, model, batch: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
     """Summed loss and trainable-token count of one micro-batch (padded or packed)."""
     input_ids, labels = batch["input_ids"].to(fabric.device), batch["labels"].to(fabric.device)
     positions = batch["positions"].to(fabric.device) if "positions" in batch else None
     if not chunk_size:
         return masked_loss_sum(model(input_ids, positions=positions), labels)
-    hidden = model(input_ids, positions=positions, head=False)  # (B, T, n_embd)
-    return chunked_loss_sum(hidden, raw_model.lm_head, labels, chunk_size)
+    # the head applied inside the model's forward, where FSDP has its weight gathered
+    return model(input_ids, positions=positions, head=partial(chunked_loss_sum, labels=labels, chunk_size=chunk_size))
 
 
 @torch.no_grad()
-def validate(fabric, model, raw_model, val: TokenizedDataset, max_seq_length: int, h: dict) -> float:
+def validate(fabric, model, val: TokenizedDataset, max_seq_length: int, h: dict) -> float:
     """Mean loss per trainable token over the first `eval_iters` x `micro_batch_size` validation examples."""
     model.eval()
     total, tokens = torch.zeros((), device=fabric.device), 0
     # the same examples whether packed or not, so validation losses compare across runs
     mine = list(range(len(val)))[fabric.global_rank :: fabric.world_size][: h["eval_iters"] * h["micro_batch_size"]]
-    for batch in step_batches([val[i] for i in mine], h["micro_batch_size"], max_seq_length, h["packing"]):
-        loss, n = batch_loss(fabric, model, raw_model, batch, h["lm_head_chunk_size"])
+    batches = step_batches([val[i] for i in mine], h["micro_batch_size"], max_seq_length, h["packing"])
+    for batch in lockstep_batches(fabric, batches):
+        loss, n = batch_loss(fabric, model, batch, h["lm_head_chunk_size"])
         total += loss
         tokens += n
     model.train()
@@ -374,25 +398,30 @@ def _prompt_of(example: dict) -> torch.Tensor:
     return example["input_ids"][: int(trainable[0]) if len(trainable) else len(example["input_ids"])]
 
 
-def _answer(model, tokenizer: Tokenizer, style, instruction: str, device) -> str:
+def _answer(model, tokenizer: Tokenizer, style, instruction: str, device, lockstep: bool) -> str:
     prompt = torch.tensor(tokenizer.encode(style.prompt(instruction), bos=style.bos))
-    return _sample(model, tokenizer, prompt, device, max_new_tokens=128)
+    return _sample(model, tokenizer, prompt, device, max_new_tokens=128, lockstep=lockstep)
 
 
-def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_tokens: int = 40) -> str:
+def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_tokens: int = 40,
+            lockstep: bool = False) -> str:
+    """Greedy continuation of `prompt`, up to its EOS. In `lockstep` (ranks generating through a sharded model,
+    which must all run the same forwards) all `max_new_tokens` are computed, EOS or not, and cut after."""
     model.eval()
     new = list(generate_tokens(model, prompt.to(device), max_new_tokens=max_new_tokens, top_k=1,
-                               eos_id=tokenizer.eos_id))
+                               eos_id=None if lockstep else tokenizer.eos_id))
     model.train()
+    if tokenizer.eos_id in new:
+        new = new[: new.index(tokenizer.eos_id) + 1]
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
-def _save(fabric, model, optimizer, lora_config: LoRAConfig, out_dir: Path, step: int, prompt_style: str,
-          epochs_tracker: EpochTracker) -> None:
+def _save(fabric, adapter: dict[str, torch.nn.Parameter], optimizer, lora_config: LoRAConfig, out_dir: Path,
+          step: int, prompt_style: str, epochs_tracker: EpochTracker) -> None:
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_lora(model, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
-        save_state(out_dir / STATE_NAME, {"step": step, "lora": lora_state_dict(model),
+        save_lora(adapter, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
+        save_state(out_dir / STATE_NAME, {"step": step, "lora": {k: p.detach() for k, p in adapter.items()},
                                           "lora_config": dataclasses.asdict(lora_config),
                                           "optimizer": optimizer.state_dict(), "rng": rng_states(),
                                           "epochs": epochs_tracker.state_dict()})

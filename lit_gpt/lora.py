@@ -178,8 +178,12 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     return model
 
 
+def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+
+
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach() for name, p in model.named_parameters() if "lora_" in name}
+    return {name: p.detach() for name, p in lora_parameters(model).items()}
 
 
 def merge_lora(model: nn.Module) -> None:
@@ -196,12 +200,15 @@ def merge_lora(model: nn.Module) -> None:
             module.merge()
 
 
-def save_lora(model: nn.Module, config: LoRAConfig, path: Path, prompt_style: str | None = None) -> None:
-    """Write the adapter weights with their hyperparameters (and the prompt style of the training data) in the
-    file's metadata, atomically: generate, merge and export read them from there."""
+def save_lora(model: nn.Module | dict[str, torch.Tensor], config: LoRAConfig, path: Path,
+              prompt_style: str | None = None) -> None:
+    """Write the adapter weights of `model` (or the adapter tensors themselves, by name) with their hyperparameters
+    (and the prompt style of the training data) in the file's metadata, atomically: generate, merge and export read
+    them from there."""
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in lora_state_dict(model).items()}
+    tensors = lora_state_dict(model) if isinstance(model, nn.Module) else model
+    state = {k: v.detach().contiguous() for k, v in tensors.items()}
     metadata = {"lora_config": json.dumps(dataclasses.asdict(config))}
     if prompt_style is not None:
         metadata["prompt_style"] = prompt_style

@@ -14,6 +14,9 @@ Family differences are `Config` fields, each acted on in one place:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -60,10 +63,11 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-        head: bool = True,
-    ) -> torch.Tensor:
+        head: bool | Callable[[torch.Tensor, nn.Module], Any] = True,
+    ) -> Any:
         """Logits (B, T, vocab_size) for token ids `idx` (B, T); with `head=False` the final normed hidden
-        states (B, T, n_embd) instead, for a loss that applies the head in chunks.
+        states (B, T, n_embd) instead; with `head` a function, `head(hidden, self.lm_head)`: a loss that applies the
+        head in chunks, computed inside this forward, where a sharded (FSDP) model has the head's weight gathered.
 
         Without `input_pos`: a full causal pass (training, evaluation). With `input_pos` (T,) the absolute
         positions of `idx`: a step of cached generation; needs `set_kv_cache` first. With `positions` (B, T):
@@ -93,6 +97,8 @@ class GPT(nn.Module):
             else:
                 x = block(x, cos, sin, mask, input_pos)
         x = self.norm(x)
+        if callable(head):
+            return head(x, self.lm_head)
         return self.lm_head(x) if head else x  # (B, T, vocab_size) or (B, T, n_embd)
 
     def set_kv_cache(self, batch_size: int, max_seq_length: int | None = None, dtype: torch.dtype | None = None) -> None:

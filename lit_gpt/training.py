@@ -47,6 +47,9 @@ def masked_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
     return loss, int((targets != IGNORE_INDEX).sum())
 
 
+# eager even when a compiled model calls it as its head (`GPT.forward(head=...)`): keeping only the trainable
+# positions gives data-dependent shapes, which would recompile at every step
+@torch.compiler.disable
 def chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
                      chunk_size: int) -> tuple[torch.Tensor, int]:
     """`masked_loss_sum(head(hidden), labels)` without ever holding the full (B, T, vocab) logits, and with the
@@ -70,7 +73,9 @@ def chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(head(h).float(), y, reduction="sum")
 
-    total = hidden.new_zeros((), dtype=torch.float32)
+    # 0, but part of the graph: with no trainable position at all, backward still runs through the model (ranks of
+    # a sharded model must all take part in it)
+    total = hidden[:0].float().sum()
     for start in range(0, hidden.size(0), chunk_size):
         h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
         total = total + checkpoint(chunk_loss, h, y, use_reentrant=False)

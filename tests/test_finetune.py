@@ -5,9 +5,11 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -66,10 +68,11 @@ def _train(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
     return finetune.setup(**args)
 
 
-def _losses(csv_path: Path) -> dict[int, float]:
-    """Per-step training loss from the CSV log; a resumed run re-logs the steps after its checkpoint, last wins."""
+def _losses(csv_path: Path, key: str = "train_loss") -> dict[int, float]:
+    """Per-step training (or validation) loss from the CSV log; a resumed run re-logs the steps after its checkpoint,
+    last wins."""
     with csv_path.open() as f:
-        return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
 def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -85,10 +88,37 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
     # the schedule ended at its minimum on the last step
     assert history[-1]["lr"] == 0.0
 
-    # generation with the adapter reads its hyperparameters and prompt style from the file
-    outputs = generate_script.main(workspace["checkpoint"], prompt="Name color number 3.", top_k=1, max_new_tokens=8,
-                                   lora_path=tmp_path / "out" / "lit_lora.safetensors", precision="32-true")
-    assert len(outputs) == 1
+    # generation with the adapter reads its hyperparameters and prompt style from the file, and applies the adapter:
+    # the base model, given the same prompt in the same style, answers otherwise
+    from lit_gpt.lora import read_lora_metadata
+
+    adapter = tmp_path / "out" / "lit_lora.safetensors"
+    common = dict(prompt="Name color number 3.", top_k=1, max_new_tokens=8, precision="32-true")
+    tuned = generate_script.main(workspace["checkpoint"], lora_path=adapter, **common)
+    base = generate_script.main(workspace["checkpoint"], prompt_style=read_lora_metadata(adapter)["prompt_style"],
+                                **common)
+    assert len(tuned) == len(base) == 1 and tuned != base, (tuned, base)
+
+
+def _kill_at(cmd: list[str], prefix: str, timeout: float = 600) -> None:
+    """Run `cmd` and SIGKILL it, with every process it started (the other ranks), once it prints a line starting
+    with `prefix`. The child is unbuffered whatever the caller's environment, so each line arrives as it is printed."""
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True) as process:
+        kill = lambda: os.killpg(process.pid, signal.SIGKILL)  # noqa: E731  (its own session: rank 0 and its children)
+        watchdog = threading.Timer(timeout, kill)  # a hung run fails the test instead of hanging it
+        watchdog.start()
+        lines = []
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith(prefix):
+                    kill()
+                    break
+        finally:
+            watchdog.cancel()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL and lines and lines[-1].startswith(prefix), "".join(lines[-30:])
 
 
 def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -100,13 +130,7 @@ def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_pa
            str(workspace["data"]), "--out_dir", str(tmp_path / "killed"), "--precision", "32-true", "--batch_size", "4",
            "--micro_batch_size", "2", "--max_iters", "16", "--warmup_steps", "2", "--learning_rate", "3e-3",
            "--lora_dropout", "0.1", "--eval_interval", "4", "--eval_iters", "2", "--save_interval", "1"]
-    process = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-        if line.startswith("step 5 |"):
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait()
-    assert process.returncode == -signal.SIGKILL
+    _kill_at(cmd, "step 5 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout
@@ -132,6 +156,39 @@ def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
 
 
+def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """FSDP over 2 CPU processes (gloo), killed after a checkpoint and resumed under FSDP: the per-step training and
+    validation losses and the adapter of 1 process with the same global batch."""
+    from lit_gpt.checkpoint import load_model
+    from lit_gpt.lora import load_lora, load_lora_into, lora_state_dict
+
+    _train(workspace, tmp_path / "one", max_iters=8, lora_dropout=0.0, eval_interval=2)
+    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
+           str(workspace["data"]), "--out_dir", str(tmp_path / "two"), "--precision", "32-true", "--batch_size", "4",
+           "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
+           "--lora_dropout", "0.0", "--eval_interval", "2", "--eval_iters", "2", "--save_interval", "1",
+           "--devices", "2", "--strategy", "fsdp"]
+    # 4 steps: validation and a sample generated by both ranks at step 2, training on after it; killed after step 3
+    # (resumed from step 2 or 3)
+    _kill_at(cmd, "step 3 |")
+    resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resumed from" in resumed.stdout
+    for key in ("train_loss", "val_loss"):
+        one, two = (_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
+        assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
+        for step in one:
+            assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
+
+    model = load_model(workspace["checkpoint"])
+    load_lora_into(model, tmp_path / "two" / "lit_lora.safetensors")  # the names and shapes of this model's adapter
+    expected = load_lora(tmp_path / "one" / "lit_lora.safetensors")[1]
+    loaded = lora_state_dict(model)
+    assert loaded.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(loaded[name], expected[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
 def test_qlora_nf4_trains_on_cpu(workspace: dict[str, Path], tmp_path: Path) -> None:
     pytest.importorskip("bitsandbytes")
     result = _train(workspace, tmp_path / "qlora", quantize="bnb.nf4", max_iters=40, learning_rate=1e-2,
@@ -149,6 +206,8 @@ def test_bad_inputs_are_one_line_errors(workspace: dict[str, Path], tmp_path: Pa
         (["--data_dir", str(workspace["data"]), "--lora_query", "false", "--lora_value", "false"], "no LoRA target"),
         (["--data_dir", str(workspace["data"]), "--out_dir", str(tmp_path / "o"), "--resume", "true"],
          "does not exist"),
+        (["--data_dir", str(workspace["data"]), "--strategy", "fsdp", "--quantize", "bnb.nf4"],
+         "does not work with --strategy fsdp"),
     ]
     for args, message in cases:
         result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -346,3 +405,21 @@ def test_compiled_model_trains_like_eager(workspace: dict[str, Path], tmp_path: 
     _train(workspace, tmp_path / "compiled", **common, compile=True)
     eager, compiled = (_losses(tmp_path / name / "metrics.csv") for name in ("eager", "compiled"))
     assert len(eager) == 3 and compiled == pytest.approx(eager, abs=1e-5)
+
+
+@pytest.mark.parametrize("activation_checkpointing", [False, True], ids=["plain", "checkpointed"])
+def test_bf16_true_trains_close_to_float32(workspace: dict[str, Path], tmp_path: Path,
+                                           activation_checkpointing: bool) -> None:
+    """bf16 weights and activations (the GPU default), on CPU: the fused head takes the bf16 hidden states, and
+    the losses follow the float32 run's to bf16 precision."""
+    common = dict(max_iters=8, eval_interval=100, lora_dropout=0.0, activation_checkpointing=activation_checkpointing)
+    _train(workspace, tmp_path / "fp32", **common)
+    _train(workspace, tmp_path / "bf16", **common, precision="bf16-true")
+    reference, bf16 = (_losses(tmp_path / name / "metrics.csv") for name in ("fp32", "bf16"))
+    assert set(bf16) == set(reference) == {1, 2, 3, 4}
+    assert bf16 == pytest.approx(reference, rel=2e-2)
+    assert bf16 != reference  # it did run in bf16
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "bf16" / "lit_lora.safetensors", "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
