@@ -6,6 +6,7 @@ The first line names the columns: `instruction` and `output`, optionally `input`
 ignored). Cells may span lines when quoted, as spreadsheets write them; UTF-8 with or without a byte-order mark.
 """
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,8 @@ def prepare_csv(
         if len(found) != 1:
             raise UserError(f"--csv_dir {path} is a folder with {len(found)} .csv files; pass the CSV file itself")
         path = found[0]
-    return prepare(Source(path.stem, read_instructions), data_file=path, destination_path=destination_path, **kwargs)
+    return prepare(Source(path.stem, partial(read_instructions, as_csv=True)), data_file=path,
+                   destination_path=destination_path, **kwargs)
 
 
 if __name__ == "__main__":

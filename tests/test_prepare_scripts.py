@@ -195,6 +195,31 @@ def test_overlength_policies(tmp_path: Path, checkpoint: Path) -> None:
         assert dataset[i]["input_ids"][-1] == eos == dataset[i]["labels"][-1]  # every sample still ends in EOS
 
 
+def test_a_prompt_that_fills_max_seq_length_is_dropped_and_counted(tmp_path: Path, checkpoint: Path) -> None:
+    """Truncation cuts the response, never the prompt: a prompt with no room left for one response token and EOS
+    leaves nothing to train on, so the sample goes, under its own reason."""
+    long_prompt = {"instruction": "Summarise this text. " + "word " * 60, "input": "", "output": "Short."}
+    data = write_json(tmp_path / "a.json", [*ALPACA_ROWS, long_prompt])
+    prepare = entry("prepare_alpaca")
+    lengths = TokenizedDataset(_prepare_default(prepare, checkpoint, data, tmp_path / "full", test_split_fraction=0),
+                               "train", None).lengths
+    limit = int(np.sort(lengths)[-2]) + 2  # above every other sample, below the long prompt
+    stats = prepare(checkpoint_dir=checkpoint, data_file=data, destination_path=tmp_path / "t", max_seq_length=limit,
+                    overlength="truncate", test_split_fraction=0)
+    assert stats["dropped"] == {"prompt fills max_seq_length": 1}
+    assert stats["truncated"]["samples"] == 0 and stats["samples"]["train"] == len(ALPACA_ROWS)
+    only = write_json(tmp_path / "only.json", [long_prompt])
+    with pytest.raises(UserError, match=r"no sample left to train on \(1 rows read; dropped: 1 prompt fills"):
+        prepare(checkpoint_dir=checkpoint, data_file=only, destination_path=tmp_path / "none", max_seq_length=limit)
+
+
+def test_prepare_csv_reads_csv_whatever_the_file_is_called(tmp_path: Path, checkpoint: Path) -> None:
+    """A spreadsheet saved as `.txt` is still CSV to prepare_csv (other readers go by the suffix)."""
+    data = _csv(tmp_path / "MyDataset.csv", ALPACA_ROWS).rename(tmp_path / "MyDataset.txt")
+    stats = entry("prepare_csv")(csv_dir=data, checkpoint_dir=checkpoint, destination_path=tmp_path / "out")
+    assert stats["rows_read"] == len(ALPACA_ROWS) and not stats["dropped"]
+
+
 def _prepare_default(prepare: Callable, checkpoint: Path, data: Path, out: Path, **kwargs: Any) -> Path:
     prepare(checkpoint_dir=checkpoint, data_file=data, destination_path=out, **kwargs)
     return out

@@ -107,15 +107,15 @@ def _describe(value: Any) -> str:
 # -- files ----------------------------------------------------------------------------------------------------------
 
 
-def read_records(path: Path, required_columns: Sequence[str] = ()) -> Iterator[Record]:
+def read_records(path: Path, required_columns: Sequence[str] = (), as_csv: bool | None = None) -> Iterator[Record]:
     """The records of a JSON list (`[{...}, ...]`), JSON Lines or CSV file; `.gz` files are decompressed.
 
-    CSV is chosen by the `.csv` suffix; a JSON file whose first character is `[` is a list, otherwise JSON Lines.
-    Text is UTF-8, with or without a byte-order mark. A CSV header must hold `required_columns`, in any order.
+    CSV is chosen by the `.csv` suffix unless `as_csv` says (a spreadsheet saved as `.txt` is still CSV to
+    prepare_csv); a JSON file whose first character is `[` is a list, otherwise JSON Lines. Text is UTF-8, with or
+    without a byte-order mark. A CSV header must hold `required_columns`, in any order.
     """
     text = _read_text(path)
-    suffixes = path.name.lower().removesuffix(".gz")
-    if suffixes.endswith(".csv"):
+    if path.name.lower().removesuffix(".gz").endswith(".csv") if as_csv is None else as_csv:
         yield from _csv_records(path, text, required_columns)
     elif text.lstrip().startswith("["):
         yield from _json_list_records(path, text)
@@ -227,9 +227,9 @@ DOLLY_FIELDS = Fields(instruction="instruction", output="response", input="conte
 LIMA_ALPACA_FIELDS = Fields(history="history")
 
 
-def read_instructions(path: Path, fields: Fields = ALPACA_FIELDS) -> Iterator[Example]:
+def read_instructions(path: Path, fields: Fields = ALPACA_FIELDS, as_csv: bool | None = None) -> Iterator[Example]:
     """Examples from a file of instruction records (any format `read_records` reads), with `fields` naming the parts."""
-    for record in read_records(path, required_columns=(fields.instruction, fields.output)):
+    for record in read_records(path, required_columns=(fields.instruction, fields.output), as_csv=as_csv):
         yield instruction_example(record, fields)
 
 
