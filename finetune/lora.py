@@ -26,9 +26,8 @@ from lit_gpt.prompts import load_prompt_style
 from lit_gpt.quantize import quantize_model
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training import (
-    STATE_NAME, EpochTracker, MetricsCSV, chunked_loss_sum, effective_warmup, load_state, lr_at, masked_loss_sum,
-    neftune_hook,
-    read_dev_prompts, rng_states, save_state, set_rng_states, trainable_tokens,
+    STATE_NAME, EpochTracker, MetricsCSV, all_rng_states, chunked_loss_sum, effective_warmup, load_state, lr_at,
+    masked_loss_sum, neftune_hook, read_dev_prompts, save_state, set_rank_rng_states, trainable_tokens,
 )
 from lit_gpt.utils import (
     UserError, cli, default_precision, peak_memory_mb, precision_dtype, require_dir, resolve_checkpoint_dir,
@@ -255,11 +254,10 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     accumulation = h["batch_size"] // (world * h["micro_batch_size"])
     stream = EpochStream(len(train), h["batch_size"], seed=h["seed"], order=h["order"],
                          keys=order_keys(train, h["order"], h["order_score_column"], h["order_descending"]),
-                         descending=h["order_descending"], interleave=h["order_interleave"])
-    if h["max_iters"] is not None:
-        max_steps = max(1, h["max_iters"] // accumulation)
-    else:
-        max_steps = max(1, -(-h["epochs"] * len(train) // h["batch_size"]))  # ceil: the last partial batch too
+                         descending=h["order_descending"], interleave=h["order_interleave"],
+                         total=None if h["max_iters"] is not None else h["epochs"] * len(train))
+    # max_iters counts micro-batches; epochs end exactly, the last step taking what is left of the last epoch
+    max_steps = max(1, h["max_iters"] // accumulation) if h["max_iters"] is not None else stream.steps()
     warmup = effective_warmup(h["warmup_steps"], max_steps)
     fabric.print(f"{max_steps} optimizer steps of {h['batch_size']} examples ({accumulation} accumulated "
                  f"micro-batches of {h['micro_batch_size']} on each of {world} device(s)), "
@@ -272,7 +270,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
     step = 0
     if state is not None:  # the adapter weights went in before the model was set up
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_states(state["rng"])
+        set_rank_rng_states(fabric, state["rng"])
         epochs_tracker.load_state_dict(state["epochs"])
         step = state["step"]
         fabric.print(f"Resumed from {state_path} at step {step}")
@@ -303,7 +301,7 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=fabric.device)
-        batches = lockstep_batches(fabric, batches)  # under FSDP: as many passes as every other rank
+        batches = lockstep_batches(fabric, batches)  # several devices: no rank without a pass (FSDP: as many)
         for i, batch in enumerate(batches):
             with fabric.no_backward_sync(model, enabled=i < len(batches) - 1):
                 loss, _ = batch_loss(fabric, model, batch, h["lm_head_chunk_size"])
@@ -418,12 +416,13 @@ def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_t
 
 def _save(fabric, adapter: dict[str, torch.nn.Parameter], optimizer, lora_config: LoRAConfig, out_dir: Path,
           step: int, prompt_style: str, epochs_tracker: EpochTracker) -> None:
+    rng = all_rng_states(fabric)  # on every rank, before rank 0 writes them all
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_lora(adapter, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
         save_state(out_dir / STATE_NAME, {"step": step, "lora": {k: p.detach() for k, p in adapter.items()},
                                           "lora_config": dataclasses.asdict(lora_config),
-                                          "optimizer": optimizer.state_dict(), "rng": rng_states(),
+                                          "optimizer": optimizer.state_dict(), "rng": rng,
                                           "epochs": epochs_tracker.state_dict()})
     fabric.barrier()
 

@@ -84,13 +84,14 @@ def order_keys(dataset, order: str, score_column: str = "ifd", descending: bool 
 
 
 class EpochStream:
-    """Example indices for each optimizer step: `n` examples in epochs ordered by `epoch_order`."""
+    """Example indices for each optimizer step: `n` examples in epochs ordered by `epoch_order`, ending after
+    `total` examples when given (`epochs x n`: the last step takes only what is left of the last epoch)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, order: str = "shuffle", keys: Sequence | None = None,
-                 descending: bool = False, interleave: bool = False) -> None:
+                 descending: bool = False, interleave: bool = False, total: int | None = None) -> None:
         if n == 0:
             raise ValueError("cannot draw batches from an empty dataset")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.n, self.batch_size, self.seed, self.total = n, batch_size, seed, total
         self._order = dict(order=order, keys=keys, descending=descending, interleave=interleave,
                            batch_size=batch_size)
         self._cached: tuple[int, list[int]] | None = None
@@ -100,14 +101,23 @@ class EpochStream:
             self._cached = (epoch, epoch_order(self.n, self.seed, epoch, **self._order))
         return self._cached[1]
 
+    def steps(self) -> int:
+        """Optimizer steps until `total` examples are seen (the last one maybe partial)."""
+        if self.total is None:
+            raise ValueError("an endless stream has no number of steps")
+        return -(-self.total // self.batch_size)
+
     def step(self, step: int) -> list[int]:
-        """The `batch_size` example indices of optimizer step `step` (0-based); may straddle two epochs."""
+        """The example indices of optimizer step `step` (0-based): `batch_size` of them, fewer only at the end of
+        `total`; a step may straddle two epochs."""
         start = step * self.batch_size
-        return [self.epoch_order(i // self.n)[i % self.n] for i in range(start, start + self.batch_size)]
+        end = start + self.batch_size if self.total is None else min(start + self.batch_size, self.total)
+        return [self.epoch_order(i // self.n)[i % self.n] for i in range(start, end)]
 
     def epoch_of(self, step: int) -> float:
         """Epochs completed after `step` optimizer steps."""
-        return step * self.batch_size / self.n
+        seen = step * self.batch_size
+        return (seen if self.total is None else min(seen, self.total)) / self.n
 
 
 def step_batches(samples: Sequence[dict[str, torch.Tensor]], micro_batch_size: int, max_seq_length: int,

@@ -75,12 +75,16 @@ def average_adapter_grads(fabric, params: Iterable[torch.nn.Parameter]) -> None:
 
 
 def lockstep_batches(fabric, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """Under FSDP: `batches` padded with one-token micro-batches that carry no loss, to as many as the rank with
-    the most has: every forward and backward gathers each unit from all ranks, so all must run the same number
-    (packed rows, or an uneven validation split, differ between ranks). Elsewhere: `batches` unchanged."""
-    if not is_sharded(fabric):
+    """`batches` padded with one-token micro-batches that carry no loss. Under FSDP to as many as the rank with the
+    most has: every forward and backward gathers each unit from all ranks, so all must run the same number (packed
+    rows, or an uneven validation split, differ between ranks). Under DDP to at least one: every rank's backward
+    joins the gradient all-reduce, and the last step of an epoch run may leave a rank no example. On one device:
+    `batches` unchanged."""
+    if fabric.world_size == 1:
         return batches
-    most = int(fabric.all_reduce(torch.tensor(len(batches), device=fabric.device), reduce_op="max"))
+    most = 1
+    if is_sharded(fabric):
+        most = int(fabric.all_reduce(torch.tensor(len(batches), device=fabric.device), reduce_op="max"))
     idle = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "labels": torch.full((1, 1), IGNORE_INDEX),
             "length": torch.zeros(1, dtype=torch.long)}
-    return batches + [idle] * (most - len(batches))
+    return batches + [idle] * max(0, most - len(batches))

@@ -117,12 +117,35 @@ def trainable_tokens(labels: torch.Tensor) -> int:
 
 
 def rng_states() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """This process' random states: torch's (CPU, and every CUDA device when there are any) and Python's."""
+    states = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def all_rng_states(fabric) -> list[dict[str, Any]]:
+    """Every rank's `rng_states()`, by rank; call on all ranks. They drift apart (each rank draws dropout masks for
+    batches of its own shapes), so each resumes from its own."""
+    if fabric.world_size == 1:
+        return [rng_states()]
+    gathered: list[Any] = [None] * fabric.world_size
+    torch.distributed.all_gather_object(gathered, rng_states())
+    return gathered
+
+
+def set_rank_rng_states(fabric, saved: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Resume this rank's random states from `all_rng_states()` (or one rank's dict, as older states hold); on
+    another number of ranks than saved, rank 0's go to the ranks that have none."""
+    saved = saved if isinstance(saved, list) else [saved]
+    set_rng_states(saved[fabric.global_rank] if fabric.global_rank < len(saved) else saved[0])
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

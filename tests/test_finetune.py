@@ -156,6 +156,27 @@ def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
 
 
+def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """With dropout each rank draws its own masks, for batches of its own shapes: each resumes its own random
+    state, so a killed and resumed 2-process run logs the losses of an uninterrupted one."""
+    def cmd(out: str) -> list[str]:
+        return [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
+                str(workspace["data"]), "--out_dir", str(tmp_path / out), "--precision", "32-true", "--batch_size",
+                "4", "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
+                "--lora_dropout", "0.3", "--eval_interval", "100", "--eval_iters", "1", "--save_interval", "1",
+                "--devices", "2", "--strategy", "ddp"]
+
+    full = subprocess.run(cmd("full"), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    _kill_at(cmd("killed"), "step 2 |")
+    resumed = subprocess.run(cmd("killed") + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected, actual = (_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
+    assert len(expected) == 4 and actual.keys() == expected.keys()
+    for step in expected:
+        assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
 def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], tmp_path: Path) -> None:
     """FSDP over 2 CPU processes (gloo), killed after a checkpoint and resumed under FSDP: the per-step training and
     validation losses and the adapter of 1 process with the same global batch."""
@@ -265,6 +286,14 @@ def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
     samples = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in (3, 5, 2)]
     assert [b["input_ids"].shape for b in step_batches(samples, 2, max_seq_length=4)] == [(2, 4), (1, 2)]
     assert math.isclose(stream.epoch_of(5), 2.0)
+    # epochs end exactly: 3 epochs of 10 at 4 a step are 8 steps, the last one of the 2 examples left
+    bounded = EpochStream(n=10, batch_size=4, seed=7, total=30)
+    steps = [bounded.step(step) for step in range(bounded.steps())]
+    assert bounded.steps() == 8 and [len(s) for s in steps] == [4] * 7 + [2]
+    seen = [i for s in steps for i in s]
+    assert all(sorted(seen[e * 10 : (e + 1) * 10]) == list(range(10)) for e in range(3))
+    assert steps[:5] == [stream.step(step) for step in range(5)]
+    assert math.isclose(bounded.epoch_of(8), 3.0) and math.isclose(bounded.epoch_of(7), 2.8)
 
 
 def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -351,6 +380,19 @@ def test_every_epoch_saves_an_adapter_and_answers_the_dev_prompts(workspace: dic
     markdown = (out / "dev_generations.md").read_text()
     assert "## 2. Name color number 7." in markdown and markdown.count("| 3 |") == 3
     assert result["steps"] == 12
+
+
+def test_epochs_end_exactly(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """2 epochs of 32 examples at 6 a step: 11 steps, the last of the 4 examples left; nothing from a third epoch."""
+    from lit_gpt.data.dataset import TokenizedDataset
+
+    result = _train(workspace, tmp_path / "out", max_iters=None, epochs=2, batch_size=6, micro_batch_size=2,
+                    eval_interval=1000)
+    train = TokenizedDataset(workspace["data"], "train", None)
+    steps = [m for m in result["history"] if "tokens_real" in m]
+    assert len(train) == 32 and result["steps"] == len(steps) == 11
+    assert sum(m["tokens_real"] for m in steps) == 2 * int(train.lengths.sum())
+    assert steps[-1]["epoch"] == 2.0 and steps[-1]["lr"] == 0.0
 
 
 def test_early_stopping_counts_epochs_since_the_best(tmp_path: Path) -> None:
