@@ -27,6 +27,7 @@ def main(
     num_perm: int = 128,
     overlap_ngram: int = 13,
     report_examples: int = 5,
+    min_overlap_words: int = 8,
 ) -> dict[str, Any]:
     """Keep the training examples of DATA_DIRS that are neither duplicates nor overlap evaluation data, in order,
     and every test example; write them to DESTINATION_PATH with manifest.json.
@@ -42,9 +43,11 @@ def main(
         num_perm: MinHash permutations (more: fewer pairs near the threshold missed, slower).
         overlap_ngram: Words in the n-grams that count as overlap with the test split or --eval_files.
         report_examples: Removals of each reason shown in full (removed and matched text) in manifest.json.
+        min_overlap_words: A test or eval text shorter than --overlap_ngram words but at least this long overlaps a
+            training example that contains all of it, word for word; shorter ones are not checked (counted).
     """
     return dedup_dataset(data_dirs, destination_path, checkpoint_dir, eval_files or (), threshold, shingle_size,
-                         num_perm, overlap_ngram, report_examples)
+                         num_perm, overlap_ngram, report_examples, min_overlap_words)
 
 
 if __name__ == "__main__":

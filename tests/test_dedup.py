@@ -74,6 +74,30 @@ def sources(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> tuple
             eval_file)
 
 
+def test_short_eval_prompts_are_matched_whole(tmp_path: Path, sources: tuple, checkpoint: Path) -> None:
+    """Eval prompts are often shorter than 13 words: one of 8-12 words overlaps a training example containing all
+    of it, in order; one word out of place, or a shorter prompt, does not."""
+    a, _, _ = sources
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Rises as vapour, cools high in the sky.\n"  # 8 words, inside A's train #4 (and the test)
+                       "Leaves catch sunlight and use it to make FOOD!\n"  # 9 words, inside A's train #6
+                       "Leaves catch sunlight and use it to make lunch\n"  # 9 words, in no example
+                       "Name three primary colors.\n")  # 4 words: not checked
+    manifest = dedup_dataset([a], tmp_path / "out", eval_files=[prompts], report_examples=10)
+    assert manifest["eval_files"][0] | {"sha256": None} == {
+        "path": str(prompts), "sha256": None, "texts": 4, "checked_whole": 3, "not_checked": 1}
+    removed = {(r["removed"], r["reason"], r["matched"]) for r in manifest["removed"]}
+    assert (f"{a}/train #6", "eval_overlap", f"{prompts} #1") in removed
+    (record,) = [r for r in manifest["examples"]["eval_overlap"] if r["removed"]["where"] == f"{a}/train #6"]
+    assert record["ngram"] == "leaves catch sunlight and use it to make food"
+    assert f"{a}/train #1" not in {r[0] for r in removed}  # "Name three primary colors." was too short to check
+    assert manifest["parameters"]["min_overlap_words"] == 8
+    assert dedup_dataset([a], tmp_path / "off", eval_files=[prompts], min_overlap_words=13)["eval_files"][0][
+        "checked_whole"] == 0
+    with pytest.raises(UserError, match="--min_overlap_words 20"):
+        dedup_dataset([a], tmp_path / "bad", eval_files=[prompts], min_overlap_words=20)
+
+
 def test_planted_duplicates_and_overlaps_are_removed(tmp_path: Path, sources: tuple) -> None:
     a, b, eval_file = sources
     out = tmp_path / "out"
@@ -99,7 +123,8 @@ def test_planted_duplicates_and_overlaps_are_removed(tmp_path: Path, sources: tu
     overlap, same = manifest["examples"]["test_overlap"]
     assert overlap["ngram"] == "water evaporates from oceans and lakes rises as vapour cools high in the"
     assert same["similarity"] == 1.0 and same["ngram"] is None
-    assert manifest["eval_files"][0]["texts"] == 2 and manifest["eval_files"][0]["shorter_than_overlap_ngram"] == 1
+    assert manifest["eval_files"][0]["texts"] == 2
+    assert manifest["eval_files"][0]["checked_whole"] == 0 and manifest["eval_files"][0]["not_checked"] == 1
     assert manifest["template_not_found"] == {"train": 0, "test": 0}  # the Alpaca template was cut out of every example
 
     # the kept examples are the originals, untouched and in order; the test splits are copied whole

@@ -15,7 +15,8 @@ Each training example, in the order given (dataset by dataset, example by exampl
 
     test_overlap     the same normalised text as a test example, a near-duplicate of one, or a shared n-gram of
                      `overlap_ngram` words (13: GPT-3's rule for filtering eval overlap from its training data) with one
-    eval_overlap     a shared `overlap_ngram`-word n-gram with a text of an `--eval_files` file
+    eval_overlap     a shared `overlap_ngram`-word n-gram with a text of an `--eval_files` file, or all of a shorter
+                     one
     exact_duplicate  the same normalised text as an earlier kept training example
     near_duplicate   word-shingle Jaccard similarity >= `threshold` with an earlier kept training example; the
                      candidates come from MinHash + LSH (datasketch), and each candidate's similarity is then
@@ -26,8 +27,9 @@ copied whole (all of them, dataset by dataset); nothing else is changed either: 
 labels and order. An example repeated on purpose (by a mix with replacement: the same source row in one input
 dataset) is one example here: its copies are kept or removed together.
 
-An eval text shorter than `overlap_ngram` words has no such n-gram and cannot be matched; they are counted in the
-manifest (lower --overlap_ngram to check short prompts; GPT-3 used 8 to 13 words, by benchmark).
+A test or eval text shorter than `overlap_ngram` words has no such n-gram: one of at least `min_overlap_words` (8,
+the shortest n-gram GPT-3 used for a benchmark) overlaps a training example that contains all of it, word for word;
+shorter ones are not checked and are counted in the manifest (a test example still goes on the same text).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ from lit_gpt.utils import UserError, read_json, resolve_checkpoint_dir
 
 REASONS = {
     "test_overlap": "same text as, near-duplicate of, or a shared n-gram with a test example",
-    "eval_overlap": "a shared n-gram with an --eval_files text",
+    "eval_overlap": "a shared n-gram with an --eval_files text, or all of a short one",
     "exact_duplicate": "same normalised text as an earlier example",
     "near_duplicate": "near-duplicate of an earlier example",
 }
@@ -143,7 +145,8 @@ class Index:
     """Documents later ones are compared with: by normalised text, by `overlap_ngram`-word n-grams (unless None)
     and by MinHash LSH over word shingles."""
 
-    def __init__(self, threshold: float, num_perm: int, overlap_ngram: int | None) -> None:
+    def __init__(self, threshold: float, num_perm: int, overlap_ngram: int | None,
+                 min_overlap_words: int | None = None) -> None:
         try:
             from datasketch import MinHash, MinHashLSH
         except ImportError:
@@ -154,16 +157,19 @@ class Index:
         except ValueError as e:  # e.g. "The number of bands are too small (b < 2)" for a threshold near 1
             raise UserError(f"--threshold {threshold} with --num_perm {num_perm}: no LSH banding fits ({e}); lower "
                             "the threshold (exact duplicates are removed anyway)") from None
-        self.threshold, self.overlap_ngram = threshold, overlap_ngram
+        self.threshold, self.overlap_ngram, self.min_overlap_words = threshold, overlap_ngram, min_overlap_words
         self.docs: list[Doc] = []  # LSH keys are positions in this list
         self.exact: dict[str, Doc] = {}
         self.ngrams: dict[str, Doc] = {}
+        self.short: dict[int, dict[str, Doc]] = {}  # texts shorter than overlap_ngram, whole, by their length
 
     def add(self, doc: Doc) -> None:
         self.exact.setdefault(" ".join(doc.tokens), doc)  # setdefault: a match names the first of equal texts
         if self.overlap_ngram is not None:
             for gram in ngrams(doc.tokens, self.overlap_ngram):
                 self.ngrams.setdefault(gram, doc)
+            if self.min_overlap_words is not None and self.min_overlap_words <= len(doc.tokens) < self.overlap_ngram:
+                self.short.setdefault(len(doc.tokens), {}).setdefault(" ".join(doc.tokens), doc)
         if doc.shingles:
             self.lsh.insert(len(self.docs), self._sketch(doc))
             self.docs.append(doc)
@@ -172,11 +178,16 @@ class Index:
         return self.exact.get(" ".join(doc.tokens))
 
     def shared_ngram(self, doc: Doc) -> tuple[Doc, str] | None:
-        """The first n-gram of `doc` that an indexed document has too, and that document."""
+        """The first n-gram of `doc` that an indexed document has too, and that document; or else the first short
+        indexed document that `doc` contains whole."""
         if self.overlap_ngram is not None and self.ngrams:
             for gram in ngrams(doc.tokens, self.overlap_ngram):
                 if gram in self.ngrams:
                     return self.ngrams[gram], gram
+        for n, texts in self.short.items():
+            for gram in ngrams(doc.tokens, n):
+                if gram in texts:
+                    return texts[gram], gram
         return None
 
     def nearest(self, doc: Doc) -> tuple[Doc, float] | None:
@@ -237,11 +248,12 @@ def dedup_dataset(
     num_perm: int = 128,
     overlap_ngram: int = 13,
     report_examples: int = 5,
+    min_overlap_words: int = 8,
 ) -> dict[str, Any]:
     """Write DESTINATION_PATH: the training examples of DATA_DIRS that are neither duplicates nor overlap the
     evaluation data (see the module docstring), and every test example, with `manifest.json`. Returns it."""
     data_dirs, destination_path = [Path(d) for d in data_dirs], Path(destination_path)
-    _check_options(data_dirs, destination_path, threshold, shingle_size, num_perm, overlap_ngram)
+    _check_options(data_dirs, destination_path, threshold, shingle_size, num_perm, overlap_ngram, min_overlap_words)
     splits = {split: [TokenizedDataset(d, split, None) for d in data_dirs] for split in ("train", "test")}
     check_same_tokenizer(splits["train"])
     tokenizer = _tokenizer(splits["train"][0], checkpoint_dir)
@@ -260,7 +272,7 @@ def dedup_dataset(
                     yield k, i, Doc(f"{d.data_dir}/{split} #{i}", text, tokens, shingles(tokens, shingle_size))
                     progress.update()
 
-    eval_index = Index(threshold, num_perm, overlap_ngram)  # n-grams only: eval docs get no shingles
+    eval_index = Index(threshold, num_perm, overlap_ngram, min_overlap_words)  # n-grams only: eval docs get no shingles
     eval_summary = []
     for path in map(Path, eval_files):
         texts = read_eval_texts(path)
@@ -268,8 +280,9 @@ def dedup_dataset(
             eval_index.add(Doc(f"{path} #{j}", " ".join(text.split()), words(text)))
         eval_summary.append({"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                              "texts": len(texts),
-                             "shorter_than_overlap_ngram": sum(len(words(t)) < overlap_ngram for t in texts)})
-    test_index = Index(threshold, num_perm, overlap_ngram)
+                             "checked_whole": sum(min_overlap_words <= len(words(t)) < overlap_ngram for t in texts),
+                             "not_checked": sum(len(words(t)) < min_overlap_words for t in texts)})
+    test_index = Index(threshold, num_perm, overlap_ngram, min_overlap_words)
     for _, _, doc in docs("test"):
         test_index.add(doc)
     train_index = Index(threshold, num_perm, None)  # the kept training examples, as they are decided
@@ -308,7 +321,8 @@ def dedup_dataset(
             removed_by_source[k][first.reason] += 1
 
     manifest = _manifest(data_dirs, splits, tokenizer, eval_files, eval_summary, removals, removed_by_source,
-                         no_template, threshold, shingle_size, num_perm, overlap_ngram, report_examples)
+                         no_template, threshold, shingle_size, num_perm, overlap_ngram, report_examples,
+                         min_overlap_words)
     test_picks = [(d, i) for d in splits["test"] for i in range(len(d))]
     write_derived(destination_path, {"train": kept, "test": test_picks}, manifest)
     print(format_report(manifest, destination_path))
@@ -318,7 +332,7 @@ def dedup_dataset(
 def _manifest(data_dirs: list[Path], splits: dict[str, list[TokenizedDataset]], tokenizer: Tokenizer,
               eval_files: Sequence[Path], eval_summary: list[dict[str, Any]], removals: list[Removal],
               removed_by_source: list[Counter], no_template: dict[str, int], threshold: float, shingle_size: int,
-              num_perm: int, overlap_ngram: int, report_examples: int) -> dict[str, Any]:
+              num_perm: int, overlap_ngram: int, report_examples: int, min_overlap_words: int) -> dict[str, Any]:
     totals = Counter(r.reason for r in removals)
     examples: dict[str, list[dict[str, Any]]] = {reason: [] for reason in REASONS}
     for r in removals:
@@ -329,7 +343,8 @@ def _manifest(data_dirs: list[Path], splits: dict[str, list[TokenizedDataset]], 
         "tool": "dedup_dataset",
         "parameters": {"checkpoint_dir": str(tokenizer.checkpoint_dir), "eval_files": [str(p) for p in eval_files],
                        "threshold": threshold, "shingle_size": shingle_size, "num_perm": num_perm,
-                       "overlap_ngram": overlap_ngram, "report_examples": report_examples},
+                       "overlap_ngram": overlap_ngram, "min_overlap_words": min_overlap_words,
+                       "report_examples": report_examples},
         "reasons": REASONS,
         "sources": [
             {"data_dir": str(path), "sha256": dataset_sha256(path),
@@ -353,8 +368,9 @@ def format_report(manifest: dict[str, Any], destination_path: Path) -> str:
     """The printed summary: counts by reason, then the first examples of each, removed beside matched."""
     train, p = manifest["train"], manifest["parameters"]
     details = {
-        "test_overlap": f"exact, Jaccard >= {p['threshold']}, or a shared {p['overlap_ngram']}-gram",
-        "eval_overlap": f"a shared {p['overlap_ngram']}-gram",
+        "test_overlap": f"exact, Jaccard >= {p['threshold']}, or a shared {p['overlap_ngram']}-gram (a shorter text "
+                        "contained whole)",
+        "eval_overlap": f"a shared {p['overlap_ngram']}-gram (a shorter text contained whole)",
         "exact_duplicate": "same normalised text",
         "near_duplicate": f"word {p['shingle_size']}-shingle Jaccard >= {p['threshold']}",
     }
@@ -364,8 +380,9 @@ def format_report(manifest: dict[str, Any], destination_path: Path) -> str:
     lines += [f"    {reason:<16} {n:>6,}  ({details[reason]})" for reason, n in train["removed"].items()]
     lines.append(f"  test   {manifest['test']['examples']:,} examples, copied whole")
     for e in manifest["eval_files"]:
-        lines.append(f"  eval   {e['path']}: {e['texts']:,} texts ({e['shorter_than_overlap_ngram']:,} shorter than "
-                     f"{p['overlap_ngram']} words, not checked)")
+        lines.append(f"  eval   {e['path']}: {e['texts']:,} texts ({e['checked_whole']:,} of "
+                     f"{p['min_overlap_words']}-{p['overlap_ngram'] - 1} words matched whole, {e['not_checked']:,} "
+                     f"shorter, not checked)")
     if any(manifest["template_not_found"].values()):
         lines.append(f"  note: no piece of the prompt template was found in {manifest['template_not_found']} "
                      "examples; their template words count as content")
@@ -393,7 +410,7 @@ def _tokenizer(dataset: TokenizedDataset, checkpoint_dir: Path | None) -> Tokeni
 
 
 def _check_options(data_dirs: list[Path], destination_path: Path, threshold: float, shingle_size: int,
-                   num_perm: int, overlap_ngram: int) -> None:
+                   num_perm: int, overlap_ngram: int, min_overlap_words: int) -> None:
     if not data_dirs:
         raise UserError("pass the prepared datasets with --data_dirs, e.g. --data_dirs data/lima data/dolly")
     if any(destination_path.resolve() == d.resolve() for d in data_dirs):
@@ -403,3 +420,6 @@ def _check_options(data_dirs: list[Path], destination_path: Path, threshold: flo
     for name, value in (("shingle_size", shingle_size), ("num_perm", num_perm), ("overlap_ngram", overlap_ngram)):
         if value < 1:
             raise UserError(f"--{name} {value}: pass a positive number")
+    if not 1 <= min_overlap_words <= overlap_ngram:
+        raise UserError(f"--min_overlap_words {min_overlap_words}: pass a number from 1 to --overlap_ngram "
+                        f"({overlap_ngram})")
