@@ -60,12 +60,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "checkpoint": checkpoint, "data": data}
 
 
+def _settings(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
+    """The tests' finetuning settings: tiny model, 16 micro-batches of 2, checkpoints and validation every 4 steps."""
+    return dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir,
+                precision="32-true", batch_size=4, micro_batch_size=2, max_iters=16, warmup_steps=2, learning_rate=3e-3,
+                lora_dropout=0.1, eval_interval=4, eval_iters=2, save_interval=4) | overrides
+
+
 def _train(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
-    args = dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir, precision="32-true",
-                batch_size=4, micro_batch_size=2, max_iters=16, warmup_steps=2, learning_rate=3e-3, lora_dropout=0.1,
-                eval_interval=4, eval_iters=2, save_interval=4)
-    args.update(overrides)
-    return finetune.setup(**args)
+    return finetune.setup(**_settings(workspace, out_dir, **overrides))
+
+
+def _command(workspace: dict[str, Path], out_dir: Path, **overrides) -> list[str]:
+    """`python finetune/lora.py ...` with the same settings, for runs in processes of their own."""
+    flags = _settings(workspace, out_dir, **overrides).items()
+    return [sys.executable, "finetune/lora.py", *(x for k, v in flags for x in (f"--{k}", str(v)))]
 
 
 def _losses(csv_path: Path, key: str = "train_loss") -> dict[int, float]:
@@ -126,10 +135,7 @@ def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_pa
     _train(workspace, tmp_path / "full", save_interval=1)
     expected = _losses(tmp_path / "full" / "metrics.csv")
 
-    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
-           str(workspace["data"]), "--out_dir", str(tmp_path / "killed"), "--precision", "32-true", "--batch_size", "4",
-           "--micro_batch_size", "2", "--max_iters", "16", "--warmup_steps", "2", "--learning_rate", "3e-3",
-           "--lora_dropout", "0.1", "--eval_interval", "4", "--eval_iters", "2", "--save_interval", "1"]
+    cmd = _command(workspace, tmp_path / "killed", save_interval=1)
     _kill_at(cmd, "step 5 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
@@ -143,10 +149,8 @@ def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_pa
 def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path) -> None:
     """2 CPU processes (gloo) with the same global batch give the per-step losses of 1 process."""
     _train(workspace, tmp_path / "one", max_iters=8, lora_dropout=0.0)
-    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
-           str(workspace["data"]), "--out_dir", str(tmp_path / "two"), "--precision", "32-true", "--batch_size", "4",
-           "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
-           "--lora_dropout", "0.0", "--eval_interval", "4", "--eval_iters", "2", "--devices", "2", "--strategy", "ddp"]
+    cmd = _command(workspace, tmp_path / "two", micro_batch_size=1, max_iters=8, lora_dropout=0.0, devices=2,
+                   strategy="ddp")
     # 2 devices x 2 micro-batches of 1 is the same 4-example global batch as 1 device x 2 micro-batches of 2
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -160,11 +164,8 @@ def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[s
     """With dropout each rank draws its own masks, for batches of its own shapes: each resumes its own random
     state, so a killed and resumed 2-process run logs the losses of an uninterrupted one."""
     def cmd(out: str) -> list[str]:
-        return [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
-                str(workspace["data"]), "--out_dir", str(tmp_path / out), "--precision", "32-true", "--batch_size",
-                "4", "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
-                "--lora_dropout", "0.3", "--eval_interval", "100", "--eval_iters", "1", "--save_interval", "1",
-                "--devices", "2", "--strategy", "ddp"]
+        return _command(workspace, tmp_path / out, micro_batch_size=1, max_iters=8, lora_dropout=0.3,
+                        eval_interval=100, eval_iters=1, save_interval=1, devices=2, strategy="ddp")
 
     full = subprocess.run(cmd("full"), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
@@ -184,11 +185,8 @@ def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], t
     from lit_gpt.lora import load_lora, load_lora_into, lora_state_dict
 
     _train(workspace, tmp_path / "one", max_iters=8, lora_dropout=0.0, eval_interval=2)
-    cmd = [sys.executable, "finetune/lora.py", "--checkpoint_dir", str(workspace["checkpoint"]), "--data_dir",
-           str(workspace["data"]), "--out_dir", str(tmp_path / "two"), "--precision", "32-true", "--batch_size", "4",
-           "--micro_batch_size", "1", "--max_iters", "8", "--warmup_steps", "2", "--learning_rate", "3e-3",
-           "--lora_dropout", "0.0", "--eval_interval", "2", "--eval_iters", "2", "--save_interval", "1",
-           "--devices", "2", "--strategy", "fsdp"]
+    cmd = _command(workspace, tmp_path / "two", micro_batch_size=1, max_iters=8, lora_dropout=0.0, eval_interval=2,
+                   save_interval=1, devices=2, strategy="fsdp")
     # 4 steps: validation and a sample generated by both ranks at step 2, training on after it; killed after step 3
     # (resumed from step 2 or 3)
     _kill_at(cmd, "step 3 |")
