@@ -5,7 +5,7 @@ tool in its own virtual environment, runs alternating, in one invocation.
 How to run (from the project folder; needs ../shared, i.e. the shared harness ../shared/bench, the Llama 2
 tokenizer in ../shared/models and the Alpaca rows in ../shared/data):
 
-    .venv/bin/python bench/finetune_throughput.py --make_venvs          # the recorded protocol, ~35-40 min
+    .venv/bin/python bench/finetune_throughput.py --make_venvs          # the recorded protocol: 13 min of runs on 2 cores, plus the venvs once
     .venv/bin/python bench/finetune_throughput.py --size tiny --steps 8 --warmup 2 --repeats 1 --tag smoke
     .venv/bin/python bench/finetune_throughput.py --report_only --tag NAME   # the tables again, from disk
 
