@@ -66,8 +66,6 @@ def chunked_loss_sum(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.
     keep = targets != IGNORE_INDEX  # (B, T - 1)
     hidden, targets = hidden[keep], targets[keep]  # (N, n_embd), (N,): the trainable positions, in order
     if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
-        # Fabric hands a "-true" precision's outputs back in float32: the head's dtype again, losslessly
-        hidden = hidden.to(head.weight.dtype)
         return _LinearCrossEntropy.apply(hidden, head.weight, targets, chunk_size), targets.numel()
 
     def chunk_loss(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
