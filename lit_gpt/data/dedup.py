@@ -275,13 +275,15 @@ def dedup_dataset(
     eval_index = Index(threshold, num_perm, overlap_ngram, min_overlap_words)  # n-grams only: eval docs get no shingles
     eval_summary = []
     for path in map(Path, eval_files):
-        texts = read_eval_texts(path)
-        for j, text in enumerate(texts):
-            eval_index.add(Doc(f"{path} #{j}", " ".join(text.split()), words(text)))
+        texts = [Doc(f"{path} #{j}", " ".join(text.split()), words(text))
+                 for j, text in enumerate(read_eval_texts(path))]
+        for doc in texts:
+            eval_index.add(doc)
+        lengths = [len(doc.tokens) for doc in texts]
         eval_summary.append({"path": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
                              "texts": len(texts),
-                             "checked_whole": sum(min_overlap_words <= len(words(t)) < overlap_ngram for t in texts),
-                             "not_checked": sum(len(words(t)) < min_overlap_words for t in texts)})
+                             "checked_whole": sum(min_overlap_words <= n < overlap_ngram for n in lengths),
+                             "not_checked": sum(n < min_overlap_words for n in lengths)})
     test_index = Index(threshold, num_perm, overlap_ngram, min_overlap_words)
     for _, _, doc in docs("test"):
         test_index.add(doc)
