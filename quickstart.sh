@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job in one command: install, prepare data, finetune with LoRA, generate with the adapter.
 #
-#   bash quickstart.sh                                   # embedded default: no network, a few minutes on 2 CPU cores
-#   bash quickstart.sh CHECKPOINT_DIR DATA_FILE [FINETUNE FLAGS...]
+#   bash quickstart.sh                                   # embedded default: no network, ~2 minutes on 2 CPU cores
+#   bash quickstart.sh CHECKPOINT_DIR [DATA_FILE] [FINETUNE FLAGS...]   # DATA_FILE defaults to examples/quickstart.json
 #       e.g. bash quickstart.sh checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct \
 #                ../shared/data/alpaca/alpaca_5000.json --max_iters 400 --micro_batch_size 4 --batch_size 8
 #
@@ -22,15 +22,21 @@ if [ $# -eq 0 ]; then
     checkpoint_dir=checkpoints/tiny-random
     data_file=examples/quickstart.json
     python scripts/make_tiny_checkpoint.py --data_file "$data_file" --checkpoint_dir "$checkpoint_dir"
-    # a random model learns fastest with every linear adapted and a high learning rate
+    # A random model learns fastest with every linear adapted and a high learning rate. 6 epochs (72 steps of 8)
+    # take the validation loss from 6.45 to about 2.5 and the answer from noise to the data's form; more epochs only
+    # overfit 100 examples (40 epochs end near 3.5).
     set -- --lora_r 16 --lora_alpha 32 --lora_key true --lora_projection true --lora_mlp true --lora_head true \
-        --learning_rate 1e-2 --batch_size 8 --micro_batch_size 8 --epochs 40 --warmup_steps 20 --eval_interval 100 \
+        --learning_rate 1e-2 --batch_size 8 --micro_batch_size 8 --epochs 6 --warmup_steps 10 --eval_interval 100 \
         --save_interval 500
     prompt="What is the capital of France?"
 else
     checkpoint_dir=$1
-    data_file=$2
-    shift 2
+    shift
+    data_file=examples/quickstart.json
+    if [ $# -gt 0 ] && [[ $1 != --* ]]; then
+        data_file=$1
+        shift
+    fi
     prompt="Give three tips for staying healthy."
 fi
 name=$(basename "$checkpoint_dir")

@@ -11,8 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 from lit_gpt.chat import chat_loop
 from lit_gpt.checkpoint import load_model
-from lit_gpt.lora import load_lora_into, read_lora_metadata
-from lit_gpt.prompts import load_prompt_style
+from lit_gpt.lora import load_lora_into
+from lit_gpt.prompts import default_prompt_style, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
@@ -33,7 +33,8 @@ def main(
         checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
         lora_path: A LoRA adapter from finetune/lora.py to apply (its hyperparameters are read from the file).
         prompt_style: alpaca, chat (the tokenizer's chat template) or auto (chat if the tokenizer has one).
-            Default: the adapter's training style with --lora_path, else auto.
+            Default: the adapter's training style with --lora_path, the style a merged checkpoint records, the
+            chat template when the tokenizer has one, else alpaca.
         max_new_tokens: Longest answer, in tokens.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only.
@@ -51,8 +52,9 @@ def main(
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if lora_path is not None:
         load_lora_into(model, lora_path)
-        prompt_style = prompt_style or read_lora_metadata(lora_path).get("prompt_style")
-    style = load_prompt_style(prompt_style or "auto", tokenizer)
+    if prompt_style is None:
+        prompt_style, _ = default_prompt_style(checkpoint_dir, tokenizer, lora_path, fallback="alpaca")
+    style = load_prompt_style(prompt_style, tokenizer)
     print(f"Chatting with {checkpoint_dir} ({style.name} prompt style). Empty line or Ctrl-D to quit.", file=sys.stderr)
 
     def read() -> str | None:

@@ -15,8 +15,8 @@ import torch
 
 from lit_gpt.checkpoint import load_model
 from lit_gpt.generate import generate_tokens
-from lit_gpt.lora import load_lora_into, read_lora_metadata
-from lit_gpt.prompts import load_prompt_style
+from lit_gpt.lora import load_lora_into
+from lit_gpt.prompts import default_prompt_style, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
@@ -41,8 +41,9 @@ def main(
         lora_path: A LoRA adapter from finetune/lora.py (`lit_lora.safetensors`) to apply to the checkpoint;
             its rank, alpha and targets are read from the file.
         prompt_style: How to wrap the prompt: raw (as is), alpaca (Lit-GPT's template), chat (the tokenizer's
-            chat template) or auto (chat if the tokenizer has one). Default: the style the adapter was trained
-            with when --lora_path is given, else raw.
+            chat template) or auto (chat if the tokenizer has one, else alpaca). Default: what the checkpoint was
+            made for: the adapter's training style with --lora_path, the style a merged checkpoint records, the
+            chat template when the tokenizer has one, else raw.
         max_new_tokens: How many tokens to generate at most.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only; 1 is greedy.
@@ -65,10 +66,12 @@ def main(
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if lora_path is not None:
         load_lora_into(model, lora_path)
-        prompt_style = prompt_style or read_lora_metadata(lora_path).get("prompt_style")
     model.eval()
     print(f"Loaded {checkpoint_dir}{f' + {lora_path}' if lora_path else ''} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
+    if prompt_style is None:
+        prompt_style, why = default_prompt_style(checkpoint_dir, tokenizer, lora_path)
+        print(f"Prompt style: {prompt_style} ({why}; --prompt_style chooses another)", file=sys.stderr)
 
     if prompt_style in (None, "raw"):
         ids = tokenizer.encode(prompt)

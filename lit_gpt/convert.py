@@ -124,6 +124,11 @@ def config_from_hf_checkpoint(checkpoint_dir: Path, model_name: str | None = Non
         return Config.from_name(model_name)
     hf_config = checkpoint_dir / "config.json"
     if not hf_config.is_file():
+        if checkpoint_dir.name not in name_to_config:
+            raise UserError(
+                f"{checkpoint_dir} is not a Hugging Face checkpoint: it has no config.json. Pass the folder "
+                "scripts/download.py wrote (checkpoints/ORG/NAME), or --model_name to name its config"
+            )
         return Config.from_name(checkpoint_dir.name)
     config = Config.from_hf_config(read_json(hf_config), name=checkpoint_dir.name, source=str(hf_config))
     named = name_to_config.get(checkpoint_dir.name)
@@ -282,11 +287,11 @@ def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str,
     return out
 
 
-def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path) -> Path:
+def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, dtype: torch.dtype | None = None) -> Path:
     """Write a Hugging Face folder (config.json, model.safetensors, tokenizer and generation files) that
-    `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` loads."""
+    `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` loads; weights in `dtype` (default: as stored)."""
     config = Config.from_checkpoint(checkpoint_dir)
-    state = load_weights(checkpoint_dir)
+    state = {name: t.to(dtype or t.dtype) for name, t in load_weights(checkpoint_dir).items()}
     check_state_dict(state, config)
     hf_state = lit_to_hf_state(state, config)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,11 @@ import torch
 from lit_gpt.checkpoint import load_model, save_weights
 from lit_gpt.config import Config
 from lit_gpt.convert import TOKENIZER_FILES, _template, check_state_dict, fuse_qkv, hf_to_lit_modules
-from lit_gpt.lora import LoRAConfig, apply_lora, load_lora, load_lora_into, lora_state_dict, merge_lora
+from lit_gpt.lora import (
+    LoRAConfig, apply_lora, load_lora, load_lora_into, lora_state_dict, merge_lora, read_lora_metadata,
+)
 from lit_gpt.model import GPT
+from lit_gpt.prompts import PROMPT_STYLE_NAME, save_checkpoint_prompt_style
 from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
 
 PEFT_CONFIG_NAME = "adapter_config.json"
@@ -50,18 +53,36 @@ _LAYER_PREFIX = re.compile(r"^.*\.\d+\.")
 # ------------------------------------------------------------------------------------ merge
 
 
-def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path) -> Path:
+def weights_dtype(path: Path) -> str:
+    """The dtype of the floating-point tensors in a safetensors file ("bfloat16"), from its header; "mixed" if several.
+
+    Exports say it because transformers computes in the dtype a folder is written in, and generate/base.py in float32
+    on a CPU: the same weights give other greedy text in bfloat16."""
+    from safetensors import safe_open
+
+    names = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+    with safe_open(str(path), framework="pt") as f:
+        dtypes = {names[d] for d in (f.get_slice(name).get_dtype() for name in f.keys()) if d in names}
+    return dtypes.pop() if len(dtypes) == 1 else "mixed"
+
+
+def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path,
+                          dtype: torch.dtype | None = None) -> Path:
     """Write `out_dir`: a checkpoint folder whose weights are the base's with the adapter at `lora_path` merged in.
 
     `out_dir` gets `lit_config.json`, `lit_model.safetensors` (base names, no `lora_` tensors, a tied head stored once
-    as `embed.weight`) and the base folder's config.json, tokenizer and generation files. Weights keep the base's dtype.
-    A tied head with an adapter on it cannot stay tied (the head changes, the embedding does not): the merged
-    checkpoint then stores both and says `tie_embeddings: false`. Returns `out_dir`.
+    as `embed.weight`), `lit_prompt_style.json` (the adapter's training style, which generation and chat then default
+    to) and the base folder's config.json, tokenizer and generation files. Weights keep the base's dtype unless
+    `dtype` is given (the merge is computed in that dtype). A tied head with an adapter on it cannot stay tied
+    (the head changes, the embedding does not): the merged checkpoint then stores both and says
+    `tie_embeddings: false`. Returns `out_dir`.
     """
     if out_dir.resolve() == checkpoint_dir.resolve():
         raise UserError(f"--out_dir {out_dir} is the base checkpoint folder; pass a new folder so the base stays intact")
     config = Config.from_checkpoint(checkpoint_dir)
-    model = load_model(checkpoint_dir)
+    prompt_style = read_lora_metadata(lora_path).get("prompt_style")
+    # merged in the dtype it is written in: float32 gives what generate/base.py computes on a CPU with the adapter
+    model = load_model(checkpoint_dir, dtype=dtype)
     load_lora_into(model, lora_path)
     merge_lora(model)  # unties an adapted tied head
     untie = config.tie_embeddings and model.lm_head.weight is not model.embed.weight
@@ -76,12 +97,15 @@ def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path) 
     save_weights(state, out_dir / LIT_WEIGHTS_NAME)
     config.save(out_dir)
     _copy_base_files(checkpoint_dir, out_dir, untie)
+    if prompt_style is not None:
+        save_checkpoint_prompt_style(out_dir, prompt_style)
     return out_dir
 
 
 def _copy_base_files(checkpoint_dir: Path, out_dir: Path, untie: bool) -> None:
     """Copy the tokenizer, generation and Hugging Face config files, so the merged folder works where the base did."""
-    for name in TOKENIZER_FILES + ("generation_config.json",):
+    # a base that is itself a merge keeps its recorded style unless the new adapter names one
+    for name in TOKENIZER_FILES + ("generation_config.json", PROMPT_STYLE_NAME):
         if (checkpoint_dir / name).is_file():
             shutil.copyfile(checkpoint_dir / name, out_dir / name)
     hf_config = checkpoint_dir / "config.json"

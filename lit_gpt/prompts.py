@@ -32,12 +32,15 @@ Styles, by `--prompt_style` name:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, Sequence
 
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import UserError
+from lit_gpt.utils import UserError, atomic_write_json, read_json
 
 PROMPT_STYLES = ("auto", "alpaca", "chat")
+# A merged checkpoint's record of the style its adapter was trained with: {"prompt_style": "alpaca"}
+PROMPT_STYLE_NAME = "lit_prompt_style.json"
 
 
 @dataclass(frozen=True)
@@ -158,3 +161,28 @@ def load_prompt_style(name: str, tokenizer: Tokenizer) -> PromptStyle:
     if name == "chat":
         return ChatTemplate(tokenizer)
     raise UserError(f"--prompt_style {name!r} is not one of {', '.join(PROMPT_STYLES)}")
+
+
+def save_checkpoint_prompt_style(checkpoint_dir: Path, name: str) -> None:
+    """Record in a checkpoint folder the style it was finetuned with, so generation and chat default to it."""
+    atomic_write_json(Path(checkpoint_dir) / PROMPT_STYLE_NAME, {"prompt_style": name})
+
+
+def default_prompt_style(checkpoint_dir: Path, tokenizer: Tokenizer, lora_path: Path | None = None,
+                         fallback: str = "raw") -> tuple[str, str]:
+    """The style a checkpoint (with an optional adapter) was made for, and why, when the user names none.
+
+    In order: the adapter's training style (in its metadata), the style a merged checkpoint records
+    (`lit_prompt_style.json`), the tokenizer's chat template (an instruction-tuned model answers in it and may
+    say nothing to a bare prompt), else `fallback` (generation continues a base model's text: raw).
+    """
+    from lit_gpt.lora import read_lora_metadata  # here: it loads torch, which data preparation never needs
+
+    if lora_path is not None and (name := read_lora_metadata(lora_path).get("prompt_style")):
+        return name, f"the style {lora_path} was trained with"
+    record = Path(checkpoint_dir) / PROMPT_STYLE_NAME
+    if record.is_file() and (name := read_json(record).get("prompt_style")):
+        return name, f"the style the adapter merged into it was trained with ({record})"
+    if tokenizer.has_chat_template:
+        return "chat", "the tokenizer's chat template"
+    return fallback, "the checkpoint has no chat template"

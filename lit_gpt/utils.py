@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tempfile
+from argparse import ArgumentError
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -33,15 +34,39 @@ def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwarg
     hints = typing.get_type_hints(function)
     lists = [name for name, hint in hints.items()
              if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))]
+    argv = expand_list_flags(sys.argv[1:] if args is None else args, lists)
     try:
-        argv = sys.argv[1:] if args is None else args
-        return CLI(function, as_positional=False, args=expand_list_flags(argv, lists), **kwargs)
+        # exit_on_error=False: a bad flag raises here, so it gets one line (with the flag meant) instead of the usage
+        return CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
+    except ArgumentError as e:
+        message = " ".join(e.message.split())  # jsonargparse breaks type errors over lines
+        print(f"error: {message}{flag_suggestion(message, function, kwargs)} (--help lists the flags)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def flag_suggestion(message: str, function: Callable[..., Any], cli_kwargs: dict[str, Any]) -> str:
+    """"; did you mean --lora_r?" for a misspelt flag in argparse's "unrecognized arguments: --lora_rr 8"."""
+    import difflib
+
+    from jsonargparse import CLI, capture_parser
+
+    if not message.startswith("unrecognized arguments:"):
+        return ""
+    # the parser is only built again on this error path, so a correct command pays nothing for the suggestion
+    parser = capture_parser(lambda: CLI(function, as_positional=False, args=[], **cli_kwargs))
+    known = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    meant = []
+    for word in message.removeprefix("unrecognized arguments:").split():
+        if word.startswith("--"):
+            meant += difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
+    return f"; did you mean {' and '.join(meant)}?" if meant else ""
 
 
 def expand_list_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:

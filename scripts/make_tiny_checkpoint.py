@@ -13,8 +13,10 @@ from lit_gpt.utils import cli
 
 def main(data_file: Path = Path("examples/quickstart.json"), checkpoint_dir: Path = Path("checkpoints/tiny-random"),
          vocab_size: int = 512, seed: int = 42) -> None:
-    """Write a real checkpoint folder (tokenizer.json, lit_config.json, lit_model.safetensors, config.json) with
-    random weights: it needs no download, and every script runs on it.
+    """Write a small random-weight checkpoint whose tokenizer is trained on --data_file.
+
+    It is a real checkpoint folder (tokenizer.json, lit_config.json, lit_model.safetensors, config.json): it needs
+    no download, and every script runs on it.
 
     Args:
         data_file: JSON list of instruction/input/output records to train the tokenizer on.

@@ -72,7 +72,7 @@ def test_csv_any_column_order_quoted_multiline_cells_and_bom(tmp_path: Path, new
         (Turn('Say "two lines"', "Line one\nline two, with a comma"),),
         (Turn("Second", "B", "ctx"),),
     ]
-    assert [(e.row, e.line) for e in examples] == [(0, 2), (1, 4)]
+    assert [(e.row, e.line) for e in examples] == [(0, 2), (1, 3)]  # spreadsheet rows: the two-line cell is one
 
 
 def test_json_with_mapped_field_names_history_and_gzip(tmp_path: Path) -> None:
@@ -139,17 +139,25 @@ def test_csv_missing_column(tmp_path: Path) -> None:
 
 def test_csv_row_with_too_many_cells(tmp_path: Path) -> None:
     (path := tmp_path / "d.csv").write_text("instruction,output\nHi,Hello\nOne, two, three,four\n")
-    assert "row 1 (line 3): 4 cells, but the header has 2 columns" in _error(path)
+    assert "d.csv, row 3: 4 cells, but the header has 2 columns" in _error(path)
+
+
+def test_csv_errors_name_the_spreadsheet_row(tmp_path: Path) -> None:
+    # header = row 1; a blank line is a row of its own; a quoted cell spanning two lines stays one row
+    (path := tmp_path / "d.csv").write_text(
+        'instruction,output\nHi,Hello\n\n"Two\nlines",Yes\nA,B\nOne,two,three\n'
+    )
+    assert "d.csv, row 6: 3 cells, but the header has 2 columns" in _error(path)
 
 
 def test_json_missing_field(tmp_path: Path) -> None:
     path = write_json(tmp_path / "d.json", [{"instruction": "a", "output": "b"}, {"instruction": "c", "response": "d"}])
-    assert "row 1: missing field 'output' (fields present: 'instruction', 'response')" in _error(path)
+    assert "d.json, record 2: missing field 'output' (fields present: 'instruction', 'response')" in _error(path)
 
 
 def test_json_wrong_type(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "What is 2 + 2?", "output": 4}])
-    assert "row 0 (line 1): field 'output' must be a string, found int 4" in _error(path)
+    assert "d.jsonl, line 1: field 'output' must be a string, found int 4" in _error(path)
 
 
 def test_history_of_the_wrong_shape(tmp_path: Path) -> None:
@@ -158,7 +166,7 @@ def test_history_of_the_wrong_shape(tmp_path: Path) -> None:
 
 
 def test_json_list_of_strings(tmp_path: Path) -> None:
-    assert "row 0: expected a JSON object, found str" in _error(write_json(tmp_path / "d.json", ["a", "b"]))
+    assert "d.json, record 1: expected a JSON object, found str" in _error(write_json(tmp_path / "d.json", ["a", "b"]))
 
 
 def test_invalid_jsonl_names_the_line(tmp_path: Path) -> None:

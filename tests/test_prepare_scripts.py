@@ -160,7 +160,7 @@ def test_prepare_oasst_counts_every_tree_left_out(tmp_path: Path, checkpoint: Pa
 def test_incomplete_rows_stop_your_own_file_but_are_dropped_from_published_data(tmp_path: Path, checkpoint: Path):
     rows = [*ALPACA_ROWS[:3], {"instruction": "Convert 20 inches to centimetres", "input": "", "output": ""}]
     csv_file = _csv(tmp_path / "d.csv", rows)
-    with pytest.raises(UserError, match=r"d\.csv, row 3 \(line 5\): empty 'output'; fix the row, or pass "
+    with pytest.raises(UserError, match=r"d\.csv, row 5: empty 'output'; fix the row, or pass "
                                         r"--incomplete_rows drop"):
         entry("prepare_csv")(data_file=csv_file, checkpoint_dir=checkpoint, destination_path=tmp_path / "csv")
     stats = entry("prepare_alpaca")(checkpoint_dir=checkpoint, data_file=write_json(tmp_path / "a.json", rows),
@@ -176,7 +176,7 @@ def test_overlength_policies(tmp_path: Path, checkpoint: Path) -> None:
     limit = int(np.sort(lengths)[2])  # the 3 longest samples are over it
     over = int((lengths > limit).sum())
 
-    with pytest.raises(UserError, match=rf"a\.json, row \d+: \d+ tokens, more than --max_seq_length {limit}; raise it"):
+    with pytest.raises(UserError, match=rf"a\.json, record \d+: \d+ tokens, more than --max_seq_length {limit}; raise it"):
         prepare(checkpoint_dir=checkpoint, data_file=data, destination_path=tmp_path / "e", max_seq_length=limit,
                 overlength="error")
     assert not (tmp_path / "e").exists()

@@ -34,7 +34,7 @@ class Example:
 
     turns: tuple[Turn, ...]  # in order; the loss is on the responses
     row: int  # 0-based position of the record among the file's records (its provenance)
-    line: int | None = None  # 1-based line where the record starts (JSONL, CSV), for messages
+    line: int | None = None  # for messages: 1-based line (JSON Lines) or spreadsheet row (CSV, header = row 1)
     category: str | None = None  # Dolly `category`, LIMA `source`, OpenAssistant language
     problem: str | None = None  # why the row is incomplete, e.g. "empty 'output'"
 
@@ -95,8 +95,16 @@ class Record:
 
 
 def where(path: Path, row: int, line: int | None) -> str:
-    """`data.csv, row 3 (line 5)`: the 0-based row is the record's index, as in the provenance; the line is 1-based."""
-    return f"{path}, row {row}" + (f" (line {line})" if line is not None else "")
+    """Where a record is, numbered as the user's own tools number it (the 0-based `row` stays in the provenance):
+    `data.csv, row 6` is the spreadsheet's row 6 (the header is row 1), `data.jsonl, line 3` the editor's line 3,
+    and `data.json, record 2` the second object of the list."""
+    if line is None:
+        return f"{path}, record {row + 1}"
+    return f"{path}, {'row' if _is_csv(path) else 'line'} {line}"
+
+
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().removesuffix(".gz").endswith(".csv")
 
 
 def _describe(value: Any) -> str:
@@ -115,7 +123,7 @@ def read_records(path: Path, required_columns: Sequence[str] = (), as_csv: bool 
     without a byte-order mark. A CSV header must hold `required_columns`, in any order.
     """
     text = _read_text(path)
-    if path.name.lower().removesuffix(".gz").endswith(".csv") if as_csv is None else as_csv:
+    if _is_csv(path) if as_csv is None else as_csv:
         yield from _csv_records(path, text, required_columns)
     elif text.lstrip().startswith("["):
         yield from _json_list_records(path, text)
@@ -192,17 +200,17 @@ def _csv_records(path: Path, text: str, required_columns: Sequence[str]) -> Iter
         duplicated = sorted({name for name in header if header.count(name) > 1})
         if duplicated:
             raise UserError(f"{path}: the header names column {duplicated[0]!r} more than once")
-        row, line = 0, reader.line_num + 1
-        for cells in reader:
-            if cells:  # a blank line
+        # a spreadsheet shows every CSV record, blank ones too, as one row, however many lines its cells span
+        row = 0
+        for sheet_row, cells in enumerate(reader, start=2):
+            if cells:  # not a blank line
                 if len(cells) != len(header):
                     raise UserError(
-                        f"{where(path, row, line)}: {len(cells)} cells, but the header has {len(header)} columns; "
-                        "quote cells that contain commas, quotes or line breaks"
+                        f"{where(path, row, sheet_row)}: {len(cells)} cells, but the header has {len(header)} "
+                        "columns; quote cells that contain commas, quotes or line breaks"
                     )
-                yield Record(dict(zip(header, cells)), path, row, line)
+                yield Record(dict(zip(header, cells)), path, row, sheet_row)
                 row += 1
-            line = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
 
