@@ -56,8 +56,9 @@ def estimate(config: Config, max_seq_length: int, quantize: str | None, checkpoi
 
 
 def main(model_name: str = "Llama-2-7b-hf", max_seq_length: int = 2048) -> None:
-    """Print the estimated memory of LoRA (bf16-true) and QLoRA (nf4) runs, with full logits, with the default
-    chunked head, and with activation checkpointing too.
+    """Print the estimated memory of LoRA (bf16-true) and QLoRA (nf4) runs of a named model.
+
+    Each with full logits, with the default chunked head, and with activation checkpointing too.
 
     Args:
         model_name: A named config (`python scripts/download.py` lists them).

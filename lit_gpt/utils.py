@@ -27,14 +27,9 @@ def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwarg
 
     List parameters take their values one after another (`--data_dirs a b`), as argparse's nargs="+" does.
     """
-    import typing
-
     from jsonargparse import CLI
 
-    hints = typing.get_type_hints(function)
-    lists = [name for name, hint in hints.items()
-             if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))]
-    argv = expand_list_flags(sys.argv[1:] if args is None else args, lists)
+    argv = expand_list_flags(sys.argv[1:] if args is None else args, list_parameters(function))
     try:
         # exit_on_error=False: a bad flag raises here, so it gets one line (with the flag meant) instead of the usage
         return CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
@@ -49,6 +44,15 @@ def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwarg
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def list_parameters(function: Callable[..., Any]) -> list[str]:
+    """The parameters of `function` typed as lists (or optional lists): their flags take several values."""
+    import typing
+
+    hints = typing.get_type_hints(function)
+    return [name for name, hint in hints.items()
+            if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))]
 
 
 def flag_suggestion(message: str, function: Callable[..., Any], cli_kwargs: dict[str, Any]) -> str:
