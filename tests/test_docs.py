@@ -380,3 +380,29 @@ def test_the_tiny_shell_expands_variables_and_loops() -> None:
     assert commands(text) == [["python", "a.py", "--c", "ckpt", "--t", "tok x"], ["python", "b.py", "--d", "data/mix-ifd"],
                               ["python", "b.py", "--d", "data/mix-random"], ["pip", "install", "-e", ".[test]"],
                               ["python", "-m", "pytest", "-q"]]
+
+
+def python_scripts() -> list[tuple[str, str]]:
+    """(where, source) of each ```python block that is a whole script (it ends in `cli(...)`)."""
+    found = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M):
+            if "\nif __name__ == \"__main__\":\n    cli(" in match.group(1):
+                found.append((f"{page.relative_to(ROOT)}:{text[:match.start()].count(chr(10)) + 1}", match.group(1)))
+    return found
+
+
+@pytest.mark.parametrize("where,source", python_scripts(), ids=[w for w, _ in python_scripts()])
+def test_script_examples_run(where: str, source: str, tmp_path: Path) -> None:
+    """A documented script, saved in scripts/ of a scratch checkout, runs on stand-in data for a tiny model."""
+    (tmp_path / "scripts").mkdir()
+    (script := tmp_path / "scripts" / "example.py").write_text(source)
+    stand_in_data(data := tmp_path / "data.jsonl")
+    stand_in_checkpoint(checkpoint := tmp_path / "checkpoints" / "tiny")
+    description = " ".join((parser_of(script).description or "").split())
+    assert description.endswith((".", ")")), f"{where}: --help stops mid-sentence: {description!r}"
+    with contextlib.redirect_stdout(sys.stderr):
+        stats = cli(entry(script), args=["--data_file", str(data), "--checkpoint_dir", str(checkpoint),
+                                         "--destination_path", str(tmp_path / "out")])
+    assert sum(stats["samples"].values()) == len(_rows())
