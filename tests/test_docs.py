@@ -98,7 +98,7 @@ def commands(text: str, env: dict[str, str] | None = None) -> list[list[str]]:
             for value in values:
                 out += commands("\n".join(body), {**env, name: value})
             continue
-        for command in _split(tokens, "&&"):
+        for command in _split(tokens):
             if command and command[0] == "export":
                 command = command[1:]
             if len(command) == 1 and re.fullmatch(r"\w+=.*", command[0]):
@@ -113,10 +113,19 @@ def _expand(line: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{?(\w+)\}?", lambda m: env.get(m.group(1), m.group(0)), line)
 
 
-def _split(tokens: list[str], sep: str) -> list[list[str]]:
+def _split(tokens: list[str]) -> list[list[str]]:
+    """Simple commands of a `&&`, `||`, `|` or `;` chain, without their redirections (`> file`, `2>&1`)."""
     parts: list[list[str]] = [[]]
+    skip_next = False
     for token in tokens:
-        parts.append([]) if token == sep else parts[-1].append(token)
+        if skip_next:
+            skip_next = False
+        elif token in ("&&", "||", "|", ";"):
+            parts.append([])
+        elif re.fullmatch(r"\d?>>?|<", token):
+            skip_next = True  # the file it redirects to
+        elif not re.fullmatch(r"\d?>>?\S+|\d>&\d", token):
+            parts[-1].append(token)
     return parts
 
 
@@ -376,10 +385,11 @@ def test_the_checks_catch_a_wrong_flag_and_a_wrong_choice() -> None:
 
 def test_the_tiny_shell_expands_variables_and_loops() -> None:
     text = 'M=ckpt\nexport T=tok  # a comment\npython a.py --c $M \\\n  --t "$T x"\nfor arm in ifd random; do\n' \
-           '  python b.py --d data/mix-$arm\ndone\npip install -e ".[test]" && python -m pytest -q'
+           '  python b.py --d data/mix-$arm\ndone\npip install -e ".[test]" && python -m pytest -q\n' \
+           'python c.py --help | head -3 > out.txt 2>&1'
     assert commands(text) == [["python", "a.py", "--c", "ckpt", "--t", "tok x"], ["python", "b.py", "--d", "data/mix-ifd"],
                               ["python", "b.py", "--d", "data/mix-random"], ["pip", "install", "-e", ".[test]"],
-                              ["python", "-m", "pytest", "-q"]]
+                              ["python", "-m", "pytest", "-q"], ["python", "c.py", "--help"], ["head", "-3"]]
 
 
 def python_scripts() -> list[tuple[str, str]]:
