@@ -50,7 +50,7 @@ def main(
     tokenizer = Tokenizer(checkpoint_dir)
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if lora_path is not None:
-        load_lora_into(model, lora_path)
+        load_lora_into(model, lora_path, checkpoint_dir)
         prompt_style = prompt_style or read_lora_metadata(lora_path).get("prompt_style")
     style = load_prompt_style(prompt_style or "auto", tokenizer)
     print(f"Chatting with {checkpoint_dir} ({style.name} prompt style). Empty line or Ctrl-D to quit.", file=sys.stderr)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from lit_gpt.utils import LIT_CONFIG_NAME, UserError, atomic_write_json
+from lit_gpt.utils import LIT_CONFIG_NAME, UserError, atomic_write_json, read_json
 
 Architecture = Literal["llama", "mistral", "gpt_neox", "falcon"]
 
@@ -88,7 +88,9 @@ class Config:
                 f"{path} not found: {checkpoint_dir} is not a converted checkpoint. "
                 f"Run `python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}` first"
             )
-        data = json.loads(path.read_text())
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a JSON object of config fields; convert the checkpoint again")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise UserError(f"{path}: unknown fields {sorted(unknown)}; was it written by a newer lit_gpt?")

@@ -11,6 +11,8 @@ way out. All three fused layouts are one grouped layout (rows ordered by KV grou
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import re
 import shutil
 from collections.abc import Iterator
@@ -19,10 +21,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lit_gpt.checkpoint import load_weights, save_weights
+from lit_gpt.checkpoint import WRITTEN_BY, check_out_dir, load_weights, save_weights
 from lit_gpt.config import Config, name_to_config
 from lit_gpt.model import GPT
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, read_json
 
 # Hugging Face module name -> ours; "{}" is the layer index. Each applies to `.weight` and `.bias`.
 # "attn.qkv" is not a module of ours: it marks a fused matrix that is split into attn.query/key/value.
@@ -158,10 +160,28 @@ def _iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         if path.suffix == ".safetensors":
             yield from read_safetensors(path)
         else:
-            # `.bin` files are pickles: weights_only refuses anything but tensors; mmap avoids reading it all at once
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = _load_bin(path)
             for name in list(state):
                 yield name, state.pop(name)
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch `.bin` state dict. These are pickles: weights_only refuses anything but tensors; mmap avoids reading it
+    all at once, except in the legacy (pre-1.6, non-zip) format, which cannot be mapped and is read whole."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a PyTorch weights file we can read ({reason[:200]}); delete it and download "
+                        "it again") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors; is it a model checkpoint?")
+    return state
 
 
 _SAFETENSORS_DTYPES = {
@@ -170,27 +190,80 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_MAX_HEADER = 100 * 2**20  # the safetensors library's own limit on the JSON header
+
+
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the tensors of a safetensors file one at a time, read with plain file reads.
 
     `safe_open` memory-maps the file, and every mapped page it touches stays in this process's resident set
     until the file is closed, so converting would hold the input and the output at once. Reading each
     tensor into its own buffer keeps the peak near the size of the output.
+
+    The header is checked as the safetensors library checks it, before anything is allocated: every tensor's bytes
+    lie inside the file, its size is its shape times its dtype's size, and the tensors tile the data region without
+    overlaps or holes. A file that fails is one UserError.
     """
+    entries = _safetensors_entries(path)
     with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        data_start = 8 + header_len
-        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which conversion does not support")
-            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            f.seek(data_start + begin)
+        for name, dtype, shape, begin, end in entries:
+            tensor = torch.empty(shape, dtype=dtype)
+            f.seek(begin)
             if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
                 raise UserError(f"{path} is truncated (tensor {name}); delete it and download again")
             yield name, tensor
+
+
+def _safetensors_entries(path: Path) -> list[tuple[str, torch.dtype, list[int], int, int]]:
+    """(name, dtype, shape, first byte, end byte in the file) of every tensor, in file order, after checking the
+    header against the file's size (see `read_safetensors`)."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"{path} is not a valid safetensors file ({reason}); delete it and download it again")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise bad(f"{size} bytes, too short for a header")
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > min(size - 8, _MAX_HEADER):
+            raise bad(f"its header claims {header_len:,} bytes of a {size:,}-byte file")
+        try:
+            header = json.loads(f.read(header_len))
+        except (ValueError, RecursionError):
+            raise bad("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    entries = []
+    for name, info in header.items():
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+                and all(type(n) is int and n >= 0 for n in info["shape"]) and isinstance(info.get("data_offsets"), list)
+                and len(info["data_offsets"]) == 2 and all(type(n) is int for n in info["data_offsets"])):
+            raise bad(f"tensor {name!r} lacks a dtype, shape or data_offsets")
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which conversion does not support")
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end:
+            raise bad(f"tensor {name!r} has data offsets {begin}..{end}")
+        if end > data_size:
+            raise UserError(f"{path} is truncated: tensor {name} ends at byte {data_start + end:,} of {size:,}; "
+                            "delete it and download it again")
+        if math.prod(info["shape"]) * dtype.itemsize != end - begin:
+            raise bad(f"tensor {name!r} of shape {info['shape']} and dtype {info['dtype']} needs "
+                      f"{math.prod(info['shape']) * dtype.itemsize:,} bytes, its offsets give {end - begin:,}")
+        entries.append((name, dtype, info["shape"], data_start + begin, data_start + end))
+    entries.sort(key=lambda e: (e[3], e[4]))
+    covered = data_start
+    for name, _, _, begin, end in entries:
+        if begin != covered:
+            raise bad(f"tensor {name!r} {'overlaps the one before it' if begin < covered else 'leaves a gap before it'}")
+        covered = end
+    if covered != size:
+        raise bad(f"{size - covered:,} bytes after the last tensor")
+    return entries
 
 
 def convert_hf_state(
@@ -285,12 +358,17 @@ def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str,
 def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path) -> Path:
     """Write a Hugging Face folder (config.json, model.safetensors, tokenizer and generation files) that
     `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` loads."""
+    if Path(output_dir).resolve() == Path(checkpoint_dir).resolve():
+        raise UserError(f"--output_dir {output_dir} is --checkpoint_dir, whose config.json and tokenizer files it would "
+                        "overwrite; pass a new folder")
+    check_out_dir(output_dir, ("model.safetensors", "config.json", "generation_config.json", *TOKENIZER_FILES),
+                  "model.safetensors", "convert_lit_checkpoint", "--output_dir")
     config = Config.from_checkpoint(checkpoint_dir)
     state = load_weights(checkpoint_dir)
     check_state_dict(state, config)
     hf_state = lit_to_hf_state(state, config)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(hf_state, output_dir / "model.safetensors")
+    save_weights(hf_state, output_dir / "model.safetensors", {WRITTEN_BY: "convert_lit_checkpoint"})
 
     hf_config = config.to_hf_config()
     hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
@@ -303,5 +381,6 @@ def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path) -> Path:
     atomic_write_json(output_dir / "config.json", hf_config)
     for name in TOKENIZER_FILES + ("generation_config.json",):
         if (checkpoint_dir / name).is_file() and checkpoint_dir.resolve() != output_dir.resolve():
-            shutil.copyfile(checkpoint_dir / name, output_dir / name)
+            with atomic_path(output_dir / name) as tmp:
+                shutil.copyfile(checkpoint_dir / name, tmp)
     return output_dir

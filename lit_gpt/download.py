@@ -3,13 +3,14 @@
 Files are fetched one by one over plain HTTP with `huggingface_hub`'s metadata call (`get_hf_file_metadata`) and
 streaming `http_get`, not with `snapshot_download`: in `huggingface_hub` 2.4 a file interrupted mid-way is deleted
 (its temporary name is unique per attempt), so a killed run would start large shards over. Here the partial file
-is kept under `.download/` in the checkpoint folder, named after the file's ETag (its content hash), and the next
+is kept under `.download/` in the checkpoint folder, named after a hash of the file's ETag (its content hash), and the next
 run continues it with an HTTP Range request; a finished file is skipped when its recorded ETag is still current.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -151,7 +152,8 @@ class _RemoteFile:
 
 def _lookup(repo_id: str, name: str, commit: str, token: str | None) -> _RemoteFile:
     """HEAD `name` at `commit`; raises the Hub's errors (gated, missing, ...)."""
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or parts[0] == STATE_DIR or "\\" in name or "\0" in name:
         raise UserError(f"{repo_id} lists a file outside the repo ({name!r}); refusing to write it")
     url = hf_hub_url(repo_id, name, revision=commit)
     meta = get_hf_file_metadata(url, token=token, retry_on_errors=True)
@@ -169,7 +171,8 @@ def _fetch(remote: _RemoteFile, token: str | None, local_dir: Path) -> bool:
         print(f"{name}: already downloaded")
         return False
 
-    partial = state / f"{name}.{remote.etag}.incomplete"
+    # named by a hash of the ETag: the server chooses the ETag, and nothing it sends may choose a path
+    partial = state / f"{name}.{hashlib.sha256(remote.etag.encode()).hexdigest()[:16]}.incomplete"
     partial.parent.mkdir(parents=True, exist_ok=True)
     for stale in partial.parent.glob(f"{glob.escape(Path(name).name)}.*.incomplete"):  # an older version's
         if stale != partial:

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from lit_gpt.checkpoint import load_model, save_weights
+from lit_gpt.checkpoint import WRITTEN_BY, check_out_dir, load_model, save_weights
 from lit_gpt.config import Config
 from lit_gpt.convert import TOKENIZER_FILES, _template, check_state_dict, fuse_qkv, hf_to_lit_modules
 from lit_gpt.lora import LoRAConfig, apply_lora, load_lora, load_lora_into, lora_state_dict, merge_lora
 from lit_gpt.model import GPT
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
+from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, read_json
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -45,6 +45,8 @@ _QKV_TEMPLATES = {f"blocks.{{}}.attn.{part}": part for part in _QKV_PARTS}
 _FUSED_QKV = "blocks.{}.attn.qkv"
 # "model.layers.3.self_attn.q_proj" -> "self_attn.q_proj"
 _LAYER_PREFIX = re.compile(r"^.*\.\d+\.")
+# What merge_lora_checkpoint writes into its out_dir
+MERGED_FILES = (LIT_WEIGHTS_NAME, LIT_CONFIG_NAME, "config.json", "generation_config.json", *TOKENIZER_FILES)
 
 
 # ------------------------------------------------------------------------------------ merge
@@ -60,9 +62,10 @@ def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path) 
     """
     if out_dir.resolve() == checkpoint_dir.resolve():
         raise UserError(f"--out_dir {out_dir} is the base checkpoint folder; pass a new folder so the base stays intact")
+    check_out_dir(out_dir, MERGED_FILES, LIT_WEIGHTS_NAME, "merge_lora")
     config = Config.from_checkpoint(checkpoint_dir)
     model = load_model(checkpoint_dir)
-    load_lora_into(model, lora_path)
+    load_lora_into(model, lora_path, checkpoint_dir)
     merge_lora(model)  # unties an adapted tied head
     untie = config.tie_embeddings and model.lm_head.weight is not model.embed.weight
     if untie:
@@ -73,7 +76,7 @@ def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path) 
         del state["lm_head.weight"]  # the same tensor as embed.weight, stored once as convert does
     check_state_dict(state, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(state, out_dir / LIT_WEIGHTS_NAME)
+    save_weights(state, out_dir / LIT_WEIGHTS_NAME, {WRITTEN_BY: "merge_lora"})
     config.save(out_dir)
     _copy_base_files(checkpoint_dir, out_dir, untie)
     return out_dir
@@ -83,7 +86,8 @@ def _copy_base_files(checkpoint_dir: Path, out_dir: Path, untie: bool) -> None:
     """Copy the tokenizer, generation and Hugging Face config files, so the merged folder works where the base did."""
     for name in TOKENIZER_FILES + ("generation_config.json",):
         if (checkpoint_dir / name).is_file():
-            shutil.copyfile(checkpoint_dir / name, out_dir / name)
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(checkpoint_dir / name, tmp)
     hf_config = checkpoint_dir / "config.json"
     if hf_config.is_file():
         data = read_json(hf_config)
@@ -103,13 +107,14 @@ def export_peft(checkpoint_dir: Path, lora_path: Path, out_dir: Path) -> Path:
     scripts/convert_lit_checkpoint.py writes). Only `lit_config.json` of the base is read, not its weights.
     Module names follow `transformers` >= 5 (GPT-NeoX's head is `lm_head` there, `embed_out` before). Returns `out_dir`.
     """
+    check_out_dir(out_dir, (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME), PEFT_WEIGHTS_NAME, "export_peft")
     config = Config.from_checkpoint(checkpoint_dir)
-    lora_config, state = load_lora(lora_path)
+    lora_config, state = load_lora(lora_path, checkpoint_dir)
     _check_adapter_fits(state, config, lora_config, lora_path)
     tensors, fused_rank = peft_state(state, config, lora_config)
     adapter_config = peft_adapter_config(config, lora_config, tensors, fused_rank)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(tensors, out_dir / PEFT_WEIGHTS_NAME)
+    save_weights(tensors, out_dir / PEFT_WEIGHTS_NAME, {WRITTEN_BY: "export_peft"})
     atomic_write_json(out_dir / PEFT_CONFIG_NAME, adapter_config)
     return out_dir
 

@@ -84,7 +84,8 @@ def prepare(
     style = load_prompt_style(prompt_style, tokenizer)
     encoder = SegmentEncoder(tokenizer)
     destination_path = Path(destination_path)
-    check_destination(destination_path)
+    # what the run reads must survive the folder's replacement
+    check_destination(destination_path, [checkpoint_dir] + ([Path(data_file)] if data_file is not None else []))
     hub = None
     if data_file is None:
         data_file = download(source, access_token)
