@@ -81,6 +81,8 @@ def check_destination(destination: Path, inputs: Sequence[Path] = ()) -> None:
     replacing the folder would delete them.
     """
     destination = Path(destination)
+    if not destination.exists():
+        _restore_moved_aside(destination)
     for path in inputs:
         if Path(path).resolve().is_relative_to(destination.resolve()):
             raise UserError(
