@@ -20,7 +20,8 @@ def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str,
 
 # Safetensors metadata key naming the command that wrote a file: its next run may write over its own output only.
 WRITTEN_BY = "written_by"
-_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.index.json", "*.pth", "*.gguf")
+# A Hugging Face checkpoint's weights: ours beside them would make a folder that loads neither
+_WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "*.index.json")
 
 
 def check_out_dir(out_dir: Path, names: Sequence[str], marker: str, command: str, flag: str = "--out_dir") -> None:

@@ -130,7 +130,8 @@ _WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota
 
 def write_error_message(e: BaseException, path: Path | str | None = None) -> str | None:
     """One line for an error of writing `path` (a full disk, a read-only folder, no permission), or None when `e` is
-    not one. Reads the three shapes it comes in: OSError with an errno, numpy's short write, safetensors' own error."""
+    not one. Reads the three shapes it comes in: OSError with an errno, numpy's short write, safetensors' own error.
+    Without `path`, the file the error names (what `cli` prints for an OSError nothing else caught)."""
     number = getattr(e, "errno", None) if isinstance(e, OSError) else None
     if number is None and (found := re.search(r"\(os error (\d+)\)", str(e))):  # safetensors' SafetensorError
         number = int(found.group(1))
@@ -141,8 +142,9 @@ def write_error_message(e: BaseException, path: Path | str | None = None) -> str
         reason, fix = "the write was cut short (is the disk full?)", "free some space"
     else:
         return None
-    where = path if path is not None else getattr(e, "filename", None) or "a file"
-    return f"cannot write {where}: {reason}; {fix} and run the same command again (nothing was replaced)"
+    if path is None:  # the last resort in `cli`: reading or writing, we cannot tell
+        return f"{getattr(e, 'filename', None) or 'a file'}: {reason}; {fix} and run the same command again"
+    return f"cannot write {path}: {reason}; {fix} and run the same command again (nothing was replaced)"
 
 
 @contextlib.contextmanager

@@ -739,3 +739,31 @@ def test_print_config_hides_the_access_token(relative: str, function: str) -> No
     outcome = ok(run(script(relative, function), "--access_token", "hf_SeCrEt123", "--print_config"))
     assert "hf_SeCrEt123" not in outcome.out + outcome.err
     assert "access_token: null  # not printed" in outcome.out
+
+
+def test_chat_refuses_a_message_longer_than_the_context_and_goes_on(world) -> None:
+    from lit_gpt.chat import chat_loop
+    from lit_gpt.prompts import load_prompt_style
+    from lit_gpt.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(world["base"])
+    messages = iter(["What is 3 plus 7? " * 300, "What is 3 plus 7?", None])
+    written: list[str] = []
+    turns = chat_loop(load_model(world["base"]).eval(), tokenizer, load_prompt_style("alpaca", tokenizer),
+                      lambda: next(messages), written.append, max_new_tokens=3, top_k=1)
+    assert "too long for the model's context" in written[0]
+    assert [t.instruction for t in turns] == ["What is 3 plus 7?"]
+
+
+def test_an_os_error_reaching_cli_is_one_line() -> None:
+    def full(path: str = "out/x.bin") -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    refused(run(full), "out/x.bin: the disk is full; free some space")
+
+
+def test_merge_beside_the_adapter_in_its_out_dir(world, tmp_path: Path) -> None:
+    out = copy(world["adapter"].parent, tmp_path / "out")  # finetune's out_dir: lit_lora.safetensors and more
+    with unchanged(out / "lit_lora.safetensors"):
+        ok(merge(world, "--out_dir", out))
+    assert (out / LIT_WEIGHTS_NAME).is_file()
