@@ -767,3 +767,16 @@ def test_merge_beside_the_adapter_in_its_out_dir(world, tmp_path: Path) -> None:
     with unchanged(out / "lit_lora.safetensors"):
         ok(merge(world, "--out_dir", out))
     assert (out / LIT_WEIGHTS_NAME).is_file()
+
+
+def test_as_a_user_runs_it_exit_1_and_one_line(world, tmp_path: Path) -> None:
+    import subprocess
+
+    checkpoint = copy(world["base"], tmp_path / "ck")
+    with unchanged(checkpoint):
+        done = subprocess.run([sys.executable, str(ROOT / "scripts" / "convert_lit_checkpoint.py"), "--checkpoint_dir",
+                               str(checkpoint), "--output_dir", str(checkpoint)], capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: --output_dir {checkpoint} is --checkpoint_dir, whose config.json and "
+                                        "tokenizer files it would overwrite; pass a new folder"]
