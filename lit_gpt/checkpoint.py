@@ -15,7 +15,8 @@ from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME, UserError, atomic_p
 def save_weights(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write safetensors atomically: a killed run never leaves a truncated file under the final name."""
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp),
+                  metadata={"format": "pt", **(metadata or {})})
 
 
 # Safetensors metadata key naming the command that wrote a file: its next run may write over its own output only.
@@ -42,8 +43,8 @@ def check_out_dir(out_dir: Path, names: Sequence[str], marker: str, command: str
     except UserError:  # missing or unreadable: not a previous output of ours
         ours = False
     if not ours:
-        raise UserError(f"{flag} {out_dir} already holds {out_dir / found[0]}, which {command} did not write; pass a new "
-                        "folder (nothing was written)")
+        raise UserError(f"{flag} {out_dir} already holds {out_dir / found[0]}, which {command} did not write; pass a "
+                        "new folder (nothing was written)")
 
 
 def load_weights(checkpoint_dir: Path) -> dict[str, torch.Tensor]:

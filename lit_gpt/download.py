@@ -3,8 +3,8 @@
 Files are fetched one by one over plain HTTP with `huggingface_hub`'s metadata call (`get_hf_file_metadata`) and
 streaming `http_get`, not with `snapshot_download`: in `huggingface_hub` 2.4 a file interrupted mid-way is deleted
 (its temporary name is unique per attempt), so a killed run would start large shards over. Here the partial file
-is kept under `.download/` in the checkpoint folder, named after a hash of the file's ETag (its content hash), and the next
-run continues it with an HTTP Range request; a finished file is skipped when its recorded ETag is still current.
+is kept under `.download/` in the checkpoint folder, named after a hash of the file's ETag (its content hash), and the
+next run continues it with an HTTP Range request; a finished file is skipped when its recorded ETag is still current.
 """
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def export_peft(checkpoint_dir: Path, lora_path: Path, out_dir: Path) -> Path:
 
     `peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_dir), out_dir)` then computes what our
     model with the adapter computes, where `hf_dir` is the base's Hugging Face folder (the original download, or what
-    scripts/convert_lit_checkpoint.py writes). Only `lit_config.json` of the base is read, not its weights.
+    scripts/convert_lit_checkpoint.py writes). Of the base, `lit_config.json` is read and, to check that the adapter
+    was trained on it, 32 of its weights (`lit_gpt.lora.check_base`).
     Module names follow `transformers` >= 5 (GPT-NeoX's head is `lm_head` there, `embed_out` before). Returns `out_dir`.
     """
     check_out_dir(out_dir, (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME), PEFT_WEIGHTS_NAME, "export_peft")

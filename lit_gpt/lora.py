@@ -227,18 +227,23 @@ def base_fingerprint(checkpoint_dir: Path) -> str:
     """What identifies a base checkpoint, as JSON: its config (without its name) and 32 weights sampled from 4 of its
     matrices. Cheap (32 reads) and the same whatever dtype the checkpoint was converted to; two checkpoints of one
     shape (a base model and its finetune) differ in the samples."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     config = read_json(Path(checkpoint_dir) / LIT_CONFIG_NAME)
     shape = {k: v for k, v in config.items() if k not in ("name", "hf_repo_id")}
     samples = {}
-    with safe_open(str(Path(checkpoint_dir) / LIT_WEIGHTS_NAME), framework="pt") as f:
-        matrices = [name for name in sorted(f.keys()) if len(f.get_slice(name).get_shape()) == 2]
-        for name in (matrices[i * (len(matrices) - 1) // 3] for i in range(4)) if matrices else ():
-            tensor = f.get_slice(name)
-            rows, cols = tensor.get_shape()
-            picks = sorted({(i * rows // 8, (i * 7919 + 13) % cols) for i in range(8)})
-            samples[name] = [float(tensor[r:r + 1, c:c + 1].float().item()) for r, c in picks]
+    weights = Path(checkpoint_dir) / LIT_WEIGHTS_NAME
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            matrices = [name for name in sorted(f.keys()) if len(f.get_slice(name).get_shape()) == 2]
+            for name in (matrices[i * (len(matrices) - 1) // 3] for i in range(4)) if matrices else ():
+                tensor = f.get_slice(name)
+                rows, cols = tensor.get_shape()
+                picks = sorted({(i * rows // 8, (i * 7919 + 13) % cols) for i in range(8)})
+                samples[name] = [float(tensor[r:r + 1, c:c + 1].float().item()) for r, c in picks]
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights} is not a readable safetensors file ({e}); convert the checkpoint again: "
+                        f"python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}") from None
     return json.dumps({"checkpoint_dir": str(checkpoint_dir),
                        "config_sha256": hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest(),
                        "samples": samples})
@@ -246,6 +251,10 @@ def base_fingerprint(checkpoint_dir: Path) -> str:
 
 def check_base(path: Path, metadata: dict[str, str], checkpoint_dir: Path) -> None:
     """Refuse `checkpoint_dir` when the adapter at `path` records another base; warn when it records none."""
+    if not (Path(checkpoint_dir) / LIT_WEIGHTS_NAME).is_file():
+        print(f"warning: {checkpoint_dir} has no {LIT_WEIGHTS_NAME}, so whether {path} was trained on it is not "
+              "checked", file=sys.stderr)
+        return
     if "base_checkpoint" not in metadata:
         print(f"warning: {path} does not record the checkpoint it was trained on (written by an older lit_gpt); make "
               f"sure it was {checkpoint_dir}: on another one it computes something else", file=sys.stderr)

@@ -137,7 +137,8 @@ def write_error_message(e: BaseException, path: Path | str | None = None) -> str
         number = int(found.group(1))
     if number in _WRITE_ERRNOS:
         reason = _WRITE_ERRNOS[number]
-        fix = "free some space" if number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "pass a folder you can write to"
+        full = number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free some space" if full else "pass a folder you can write to"
     elif isinstance(e, OSError) and re.fullmatch(r"\d+ requested and \d+ written", str(e)):  # numpy's short write
         reason, fix = "the write was cut short (is the disk full?)", "free some space"
     else:
@@ -250,7 +251,9 @@ def read_json(path: Path) -> Any:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); re-save the file as UTF-8") from None
 
 
-def read_safetensors_file(path: Path | str, fix: str, tensors: bool = True) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+def read_safetensors_file(
+    path: Path | str, fix: str, tensors: bool = True
+) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
     """The tensors (none unless `tensors`) and the metadata of a safetensors file; a file that is empty, truncated or
     not safetensors at all is one UserError naming it, with `fix` (what to do about it)."""
     from safetensors import SafetensorError, safe_open

@@ -242,7 +242,8 @@ def test_a_killed_prepare_leaves_nothing_after_the_next_run(world, tmp_path: Pat
     live = _stale(tmp_path, "data", os.getppid(), is_dir=True)  # a run still going: its folder stays
     foreign = tmp_path / ".data.something.tmp"  # not our pattern: stays
     foreign.write_text("someone else's")
-    ok(prepare("--data_file", world["rows"], "--checkpoint_dir", world["base"], "--destination_path", tmp_path / "data"))
+    ok(prepare("--data_file", world["rows"], "--checkpoint_dir", world["base"], "--destination_path",
+               tmp_path / "data"))
     assert not dead.exists() and live.exists() and foreign.exists()
 
 
@@ -400,7 +401,8 @@ def test_convert_lit_runs_again_over_its_own_output(world, tmp_path: Path) -> No
     hf = copy(world["hf"], tmp_path / "hf")
     ok(run(script("scripts/convert_lit_checkpoint.py"), "--checkpoint_dir", world["base"], "--output_dir", hf))
     weights = "model.safetensors"  # its metadata's order varies from write to write: compare the tensors
-    assert {k: v for k, v in tree(hf).items() if k != weights} == {k: v for k, v in tree(world["hf"]).items() if k != weights}
+    assert {k: v for k, v in tree(hf).items() if k != weights} == \
+        {k: v for k, v in tree(world["hf"]).items() if k != weights}
     again, before = load_file(hf / weights), load_file(world["hf"] / weights)
     assert again.keys() == before.keys() and all(torch.equal(again[k], before[k]) for k in again)
 
