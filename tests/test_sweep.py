@@ -782,3 +782,14 @@ def test_as_a_user_runs_it_exit_1_and_one_line(world, tmp_path: Path) -> None:
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.splitlines() == [f"error: --output_dir {checkpoint} is --checkpoint_dir, whose config.json and "
                                         "tokenizer files it would overwrite; pass a new folder"]
+
+
+def test_finetune_records_the_base_and_its_adapter_is_refused_elsewhere(world, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    ok(run(script("finetune/lora.py", "setup"), "--checkpoint_dir", world["base"], "--data_dir", world["data"],
+           "--out_dir", out, "--precision", "32-true", "--batch_size", 2, "--micro_batch_size", 2, "--max_iters", 4,
+           "--warmup_steps", 1, "--eval_interval", 4, "--eval_iters", 1, "--save_interval", 4))
+    with safe_open(str(out / "lit_lora.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["base_checkpoint"]) == json.loads(base_fingerprint(world["base"]))
+    ok(generate(world["base"], "--lora_path", out / "lit_lora.safetensors"))
+    refused(generate(world["other"], "--lora_path", out / "lit_lora.safetensors"), "was trained on")
