@@ -78,7 +78,7 @@ def check_destination(destination: Path, inputs: Sequence[Path] = ()) -> None:
     """Refuse to replace anything but a folder we wrote before (or an empty one): it is deleted on success.
 
     `inputs` are the files and folders the run reads: none may lie inside the destination (or be it), since
-    replacing the folder would delete them.
+    replacing the folder would delete them. A missing destination that a killed run had moved aside is put back first.
     """
     destination = Path(destination)
     if not destination.exists():
