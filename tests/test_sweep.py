@@ -793,3 +793,36 @@ def test_finetune_records_the_base_and_its_adapter_is_refused_elsewhere(world, t
         assert json.loads(f.metadata()["base_checkpoint"]) == json.loads(base_fingerprint(world["base"]))
     ok(generate(world["base"], "--lora_path", out / "lit_lora.safetensors"))
     refused(generate(world["other"], "--lora_path", out / "lit_lora.safetensors"), "was trained on")
+
+
+def test_a_hostile_etag_chooses_no_path_for_a_dataset_either(world, hub: FakeHub, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    from prepare_helpers import DOLLY_ROWS
+
+    monkeypatch.setattr(HubRepo, "etag", lambda self, path: "../../../escaped")  # stays inside tmp_path if followed
+    content = "".join(json.dumps(r) + "\n" for r in DOLLY_ROWS).encode()
+    hub.add_repo("databricks/databricks-dolly-15k", {"databricks-dolly-15k.jsonl": content}, repo_type="dataset")
+    dolly = script("scripts/prepare_dolly.py", "prepare_dolly")
+    args = ("--checkpoint_dir", world["base"], "--destination_path")
+    assert ok(run(dolly, *args, tmp_path / "out")).result["rows_read"] == 4
+    assert not any("escaped" in p.name for p in tmp_path.rglob("*"))
+    import httpx2
+
+    def no_connection(*args: Any, **kwargs: Any) -> None:
+        raise httpx2.ConnectError("no route to host")
+
+    monkeypatch.setattr("lit_gpt.download.get_hf_file_metadata", no_connection)  # the copy fetched before is used
+    offline = ok(run(dolly, *args, tmp_path / "out2"))
+    assert offline.result["rows_read"] == 4 and "fetched before" in offline.err
+
+
+def test_no_connection_and_no_earlier_copy_is_one_line(world, hub: FakeHub, tmp_path: Path, monkeypatch) -> None:
+    import httpx2
+
+    def no_connection(*args: Any, **kwargs: Any) -> None:
+        raise httpx2.ConnectError("no route to host")
+
+    monkeypatch.setattr("lit_gpt.download.get_hf_file_metadata", no_connection)
+    refused(run(script("scripts/prepare_dolly.py", "prepare_dolly"), "--checkpoint_dir", world["base"],
+                "--destination_path", tmp_path / "out"), "cannot reach the Hub", "pass --data_file")
+    assert not (tmp_path / "out").exists()
