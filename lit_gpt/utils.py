@@ -176,14 +176,15 @@ def stale_temps(path: Path) -> list[Path]:
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Delete the `stale_temps` of `path`."""
+    """Delete the `stale_temps` of `path`, as far as we may (a leftover we cannot delete is no reason to stop)."""
     import shutil
 
     for entry in stale_temps(path):
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
-            entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                entry.unlink()
 
 
 def _alive(pid: int) -> bool:
