@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from lit_gpt.utils import LIT_CONFIG_NAME, UserError, atomic_write_json
 
-Architecture = Literal["llama", "mistral", "gpt_neox", "falcon"]
+# the Hugging Face `model_type` whose weight layout and config.json keys a checkpoint uses
+Architecture = Literal["llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox", "falcon"]
 
 
 @dataclass(frozen=True)
@@ -36,22 +38,41 @@ class Config:
 
     norm_class: Literal["LayerNorm", "RMSNorm"] = "RMSNorm"
     norm_eps: float = 1e-5
-    # "swiglu": down(silu(gate(x)) * up(x)) (Llama); "gelu": proj(gelu(fc(x))) (GPT-NeoX, Falcon)
-    mlp_class: Literal["swiglu", "gelu"] = "swiglu"
+    norm_unit_offset: bool = False  # RMSNorm gain is (1 + weight), weights stored around 0 (Gemma)
+    # "pre": x + f(norm(x)) (Llama); "post": x + norm(f(x)) (OLMo 2); "pre_post": x + norm(f(norm(x))) (Gemma 2/3)
+    norm_placement: Literal["pre", "post", "pre_post"] = "pre"
+    # "swiglu": down(silu(gate(x)) * up(x)) (Llama); "geglu": the same with GELU (Gemma);
+    # "gelu": proj(gelu(fc(x))) (GPT-NeoX, Falcon)
+    mlp_class: Literal["swiglu", "geglu", "gelu"] = "swiglu"
     gelu_approximate: Literal["none", "tanh"] = "none"
-    attn_bias: bool = False  # bias on query/key/value/proj
+    attn_bias: bool = False  # bias on query/key/value (and on the output projection unless attn_proj_bias says)
+    attn_proj_bias: bool | None = None  # bias on the attention output projection; None: as attn_bias (Qwen2: False)
     mlp_bias: bool = False
+    # RMSNorm on queries and keys before RoPE: "head" each head (Qwen3, Gemma 3), "projection" the whole (OLMo 2)
+    qk_norm: Literal["none", "head", "projection"] = "none"
+    query_pre_attn_scalar: float | None = None  # attention scores scaled by its -1/2 power instead of head_size's
+    attn_logit_softcapping: float | None = None  # scores capped to (-cap, cap) by cap * tanh(s / cap) (Gemma 2)
+    final_logit_softcapping: float | None = None  # the same on the output logits (Gemma 2)
+    scale_embeddings: bool = False  # embeddings multiplied by sqrt(n_embd) (Gemma)
 
-    rotary_percentage: float = 1.0  # fraction of each head that gets RoPE (GPT-NeoX: 0.25)
+    rotary_percentage: float = 1.0  # fraction of each head that gets RoPE (GPT-NeoX: 0.25, Phi-4-mini: 0.75)
     rope_base: float = 10000.0
     rope_condense_ratio: float = 1.0  # linear position interpolation (LongChat: 8), HF `rope_scaling.factor`
-    sliding_window: int | None = None  # Mistral: attend to at most this many previous positions
+    # frequency scaling as HF `rope_scaling`: {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"} (Llama 3.1+) or {"rope_type": "longrope", "short_factor", "long_factor",
+    # "original_max_position_embeddings", "attention_factor"} (Phi-3.5, Phi-4-mini)
+    rope_scaling: dict[str, Any] | None = None
+    rope_local_base: float | None = None  # RoPE base of the sliding-window layers, if their own (Gemma 3)
+    sliding_window: int | None = None  # attend to at most this many previous positions (Mistral, Phi-3, Gemma)
+    # with a sliding_window: layer i attends globally when (i + 1) % pattern == 0, within the window otherwise
+    # (Gemma 2: 2, Gemma 3: 6); None: every layer within the window (Mistral, Phi-3)
+    sliding_window_pattern: int | None = None
 
     # x + attn(norm_1(x)) + mlp(norm_2(x)) instead of two sequential residual steps (GPT-NeoX, Falcon)
     parallel_residual: bool = False
     # parallel residual where both branches read the same norm_1 output (Falcon 7B); Falcon 40B/180B use two
     shared_attention_norm: bool = False
-    tie_embeddings: bool = False  # lm_head reuses the embedding matrix (SmolLM2, Falcon)
+    tie_embeddings: bool = False  # lm_head reuses the embedding matrix (SmolLM2, Falcon, Llama 3.2 1B/3B, Gemma)
 
     def __post_init__(self) -> None:
         # frozen dataclass: derived defaults are filled in through object.__setattr__
@@ -59,8 +80,18 @@ class Config:
             object.__setattr__(self, "head_size", self.n_embd // self.n_head)
         if self.n_query_groups is None:
             object.__setattr__(self, "n_query_groups", self.n_head)
+        if self.attn_proj_bias is None:
+            object.__setattr__(self, "attn_proj_bias", self.attn_bias)
         if self.n_head % self.n_query_groups:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_query_groups={self.n_query_groups}")
+        if self.parallel_residual and self.norm_placement != "pre":
+            raise ValueError("parallel_residual works with norm_placement='pre' only")
+
+    def is_sliding_layer(self, layer: int) -> bool:
+        """Whether layer `layer` (from 0) attends within `sliding_window` rather than to every earlier position."""
+        if self.sliding_window is None:
+            return False
+        return self.sliding_window_pattern is None or (layer + 1) % self.sliding_window_pattern != 0
 
     @property
     def rope_n_elem(self) -> int:
@@ -114,16 +145,11 @@ class Config:
         try:
             fields = dict(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
                           n_head=hf["num_attention_heads"], **_FROM_HF[model_type](hf))
+            fields.update(_rope_from_hf(hf, fields))
         except KeyError as e:
             raise UserError(f"{source}: missing field {e.args[0]!r} for model_type {model_type!r}") from None
-        rope = _rope_parameters(hf)
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "linear"):
-            raise UserError(f"{source}: RoPE scaling {rope_type!r} is not supported (only default and linear)")
-        fields.setdefault("rope_base", float(rope.get("rope_theta", 10000.0)))
-        fields.setdefault("rope_condense_ratio", float(rope.get("factor", 1.0)) if rope_type == "linear" else 1.0)
-        # linear RoPE scaling stretches the trained positions: LongChat's 2048 x 8 is a 16k context
-        fields["block_size"] = int(hf.get("max_position_embeddings", 2048) * fields["rope_condense_ratio"])
+        except UserError as e:
+            raise UserError(f"{source}: {e}") from None
         return cls(name=name, architecture=model_type, **fields)
 
     def to_hf_config(self) -> dict[str, Any]:
@@ -134,7 +160,7 @@ class Config:
             "num_hidden_layers": self.n_layer,
             "hidden_size": self.n_embd,
             "num_attention_heads": self.n_head,
-            "max_position_embeddings": int(self.block_size / self.rope_condense_ratio),
+            **_rope_to_hf(self),
             **_TO_HF[self.architecture](self),
         }
 
@@ -154,26 +180,94 @@ def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def _rope_from_hf(hf: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """rope_base, rope_condense_ratio, rope_scaling, rope_local_base and block_size from the RoPE settings."""
+    rope = _rope_parameters(hf)
+    if "full_attention" in rope:  # transformers >= 5, Gemma 3: one entry per layer type
+        local = rope.get("sliding_attention", {})
+        if local.get("rope_type", "default") != "default":
+            raise UserError(f"RoPE scaling {local['rope_type']!r} on sliding-window layers is not supported")
+        fields.setdefault("rope_local_base", float(local["rope_theta"]))
+        rope = {k: v for k, v in rope.items() if k not in ("full_attention", "sliding_attention")} | rope["full_attention"]
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    max_positions = hf.get("max_position_embeddings", 2048)
+    out: dict[str, Any] = dict(rope_base=float(rope.get("rope_theta", 10000.0)), block_size=max_positions)
+    if rope_type == "linear":
+        out["rope_condense_ratio"] = float(rope["factor"])
+        # LongChat's config.json keeps the trained 2048 and reaches 16k (2048 x 8) through the factor; Gemma 3's
+        # max_position_embeddings is already the scaled context
+        if hf["model_type"] != "gemma3_text":
+            out["block_size"] = int(max_positions * out["rope_condense_ratio"])
+    elif rope_type == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        out["rope_scaling"] = {"rope_type": "llama3", **{k: rope[k] for k in keys}}
+    elif rope_type in ("longrope", "su"):  # "su": Phi-3's first name for LongRoPE
+        original = rope.get("original_max_position_embeddings") or hf["original_max_position_embeddings"]
+        factor = rope.get("factor") or max_positions / original
+        attention_factor = rope.get("attention_factor")
+        if attention_factor is None:  # the LongRoPE paper's default, as transformers computes it
+            attention_factor = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+        out["rope_scaling"] = {"rope_type": "longrope", "short_factor": list(rope["short_factor"]),
+                               "long_factor": list(rope["long_factor"]), "original_max_position_embeddings": original,
+                               "attention_factor": attention_factor}
+    elif rope_type != "default":
+        raise UserError(f"RoPE scaling {rope_type!r} is not supported (default, linear, llama3, longrope)")
+    return out
+
+
+def _rope_to_hf(c: Config) -> dict[str, Any]:
+    max_positions = c.block_size
+    scaling = None
+    if c.rope_condense_ratio != 1:
+        scaling = {"rope_type": "linear", "factor": c.rope_condense_ratio}
+        if c.architecture != "gemma3_text":
+            max_positions = int(c.block_size / c.rope_condense_ratio)
+    elif c.rope_scaling is not None:
+        scaling = dict(c.rope_scaling)
+    hf: dict[str, Any] = {"max_position_embeddings": max_positions, "rope_theta": c.rope_base, "rope_scaling": scaling}
+    if c.rope_scaling is not None and c.rope_scaling["rope_type"] == "longrope":
+        hf["original_max_position_embeddings"] = c.rope_scaling["original_max_position_embeddings"]
+    return hf
+
+
+def _silu(hf: dict[str, Any]) -> None:
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise UserError(f"hidden_act {act!r} is not supported for {hf['model_type']} (only silu)")
+
+
 def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
-    if hf.get("hidden_act", "silu") != "silu":
-        raise UserError(f"hidden_act {hf['hidden_act']!r} is not supported for llama/mistral (only silu)")
-    return dict(
+    """Llama, Mistral and the families that only add to Llama's layout (Qwen 2.5, Qwen 3, OLMo 2, Phi-3)."""
+    _silu(hf)
+    model_type = hf["model_type"]
+    if hf.get("use_sliding_window"):
+        raise UserError(f"use_sliding_window=true (a window on some {model_type} layers) is not supported")
+    fields = dict(
         n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
-        norm_class="RMSNorm",
         norm_eps=hf.get("rms_norm_eps", 1e-6),
-        mlp_class="swiglu",
         attn_bias=hf.get("attention_bias", False),
         mlp_bias=hf.get("mlp_bias", False),
-        sliding_window=hf.get("sliding_window"),
+        sliding_window=hf.get("sliding_window") if model_type in ("mistral", "phi3") else None,
         tie_embeddings=hf.get("tie_word_embeddings", False),
     )
+    if model_type == "qwen2":  # bias on q/k/v, none on the output projection, hard-wired in transformers
+        fields.update(attn_bias=True, attn_proj_bias=False)
+    if model_type == "qwen3":
+        fields["qk_norm"] = "head"
+    if model_type == "olmo2":
+        fields.update(qk_norm="projection", norm_placement="post")
+    if model_type == "phi3":
+        fields["rotary_percentage"] = _rope_parameters(hf).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    return fields
 
 
 def _llama_to_hf(c: Config) -> dict[str, Any]:
+    classes = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+               "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "phi3": "Phi3ForCausalLM"}
     hf = dict(
-        architectures=["MistralForCausalLM" if c.architecture == "mistral" else "LlamaForCausalLM"],
+        architectures=[classes[c.architecture]],
         num_key_value_heads=c.n_query_groups,
         head_dim=c.head_size,
         intermediate_size=c.intermediate_size,
@@ -181,13 +275,80 @@ def _llama_to_hf(c: Config) -> dict[str, Any]:
         rms_norm_eps=c.norm_eps,
         attention_bias=c.attn_bias,
         tie_word_embeddings=c.tie_embeddings,
-        rope_theta=c.rope_base,
-        rope_scaling={"type": "linear", "factor": c.rope_condense_ratio} if c.rope_condense_ratio != 1 else None,
     )
-    if c.architecture == "mistral":
+    if c.architecture in ("mistral", "phi3"):
         hf["sliding_window"] = c.sliding_window
-    else:
+    if c.architecture in ("qwen2", "qwen3"):
+        hf.update(use_sliding_window=False, sliding_window=None)
+    if c.architecture == "llama":
         hf["mlp_bias"] = c.mlp_bias
+    if c.architecture == "phi3":
+        hf["partial_rotary_factor"] = c.rotary_percentage
+    return hf
+
+
+def _gemma_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """Gemma 2 and the text model of Gemma 3."""
+    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    if hf.get("use_bidirectional_attention"):
+        raise UserError("use_bidirectional_attention=true is not supported (causal attention only)")
+    gemma3 = hf["model_type"] == "gemma3_text"
+    fields = dict(
+        n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
+        norm_unit_offset=True,
+        norm_placement="pre_post",
+        mlp_class="geglu",
+        gelu_approximate=_gelu_approximate(act),
+        attn_bias=hf.get("attention_bias", False),
+        qk_norm="head" if gemma3 else "none",
+        query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
+        attn_logit_softcapping=hf.get("attn_logit_softcapping"),
+        final_logit_softcapping=hf.get("final_logit_softcapping"),
+        scale_embeddings=True,
+        sliding_window=hf.get("sliding_window"),
+        sliding_window_pattern=_sliding_window_pattern(hf, default=6 if gemma3 else 2),
+        tie_embeddings=hf.get("tie_word_embeddings", True),
+    )
+    if "rope_local_base_freq" in hf:  # Gemma 3's config.json before transformers 5
+        fields["rope_local_base"] = float(hf["rope_local_base_freq"])
+    return fields
+
+
+def _sliding_window_pattern(hf: dict[str, Any], default: int) -> int:
+    """Every n-th layer global: from `layer_types` (transformers >= 5) or `sliding_window_pattern`."""
+    types = hf.get("layer_types")
+    if types is None:
+        return hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or default
+    full = [i for i, t in enumerate(types) if t == "full_attention"]
+    pattern = full[0] + 1 if full else len(types) + 1
+    if [("full_attention" if (i + 1) % pattern == 0 else "sliding_attention") for i in range(len(types))] != types:
+        raise UserError(f"layer_types {types} is not every n-th layer global; such a pattern is not supported")
+    return pattern
+
+
+def _gemma_to_hf(c: Config) -> dict[str, Any]:
+    gemma3 = c.architecture == "gemma3_text"
+    hf = dict(
+        architectures=["Gemma3ForCausalLM" if gemma3 else "Gemma2ForCausalLM"],
+        num_key_value_heads=c.n_query_groups,
+        head_dim=c.head_size,
+        intermediate_size=c.intermediate_size,
+        hidden_activation="gelu_pytorch_tanh" if c.gelu_approximate == "tanh" else "gelu",
+        rms_norm_eps=c.norm_eps,
+        attention_bias=c.attn_bias,
+        query_pre_attn_scalar=c.query_pre_attn_scalar,
+        attn_logit_softcapping=c.attn_logit_softcapping,
+        final_logit_softcapping=c.final_logit_softcapping,
+        sliding_window=c.sliding_window,
+        layer_types=["sliding_attention" if c.is_sliding_layer(i) else "full_attention" for i in range(c.n_layer)],
+        tie_word_embeddings=c.tie_embeddings,
+    )
+    if gemma3:
+        hf["rope_local_base_freq"] = c.rope_local_base
+        hf["sliding_window_pattern"] = c.sliding_window_pattern
     return hf
 
 
@@ -270,11 +431,19 @@ def _gelu_approximate(act: str) -> Literal["none", "tanh"]:
         return "none"
     if act in ("gelu_new", "gelu_fast", "gelu_pytorch_tanh"):
         return "tanh"
-    raise UserError(f"hidden_act {act!r} is not supported for gpt_neox (gelu, gelu_new)")
+    raise UserError(f"hidden_act {act!r} is not supported (gelu, gelu_new, gelu_pytorch_tanh)")
 
 
-_FROM_HF = {"llama": _llama_from_hf, "mistral": _llama_from_hf, "gpt_neox": _gpt_neox_from_hf, "falcon": _falcon_from_hf}
-_TO_HF = {"llama": _llama_to_hf, "mistral": _llama_to_hf, "gpt_neox": _gpt_neox_to_hf, "falcon": _falcon_to_hf}
+_FROM_HF = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3"), _llama_from_hf),
+    **dict.fromkeys(("gemma2", "gemma3_text"), _gemma_from_hf),
+    "gpt_neox": _gpt_neox_from_hf, "falcon": _falcon_from_hf,
+}
+_TO_HF = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3"), _llama_to_hf),
+    **dict.fromkeys(("gemma2", "gemma3_text"), _gemma_to_hf),
+    "gpt_neox": _gpt_neox_to_hf, "falcon": _falcon_to_hf,
+}
 
 
 # ------------------------------------------------------------------------------------ named configs
