@@ -533,6 +533,145 @@ for _size, _shape in (("135M", dict(n_layer=30, n_embd=576, n_head=9, n_query_gr
                                     rope_base=130000.0))):
     _add(_with(_smollm2, **_shape), f"HuggingFaceTB/SmolLM2-{_size}", f"HuggingFaceTB/SmolLM2-{_size}-Instruct")
 
+# Llama 3 (https://huggingface.co/meta-llama): 128k-token vocabulary, GQA, RoPE base 5e5. 3.1+ reach 128k context by
+# the llama3 frequency scaling; 3.2 1B/3B tie the head to the embedding
+_llama3_8b = dict(block_size=8192, vocab_size=128256, n_layer=32, n_embd=4096, n_head=32, n_query_groups=8,
+                  intermediate_size=14336, rope_base=500000.0)
+_llama3_70b = _with(_llama3_8b, n_layer=80, n_embd=8192, n_head=64, intermediate_size=28672)
+_llama3_rope = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                    original_max_position_embeddings=8192)
+_llama3_1 = dict(block_size=131072, rope_scaling=_llama3_rope)
+_llama3_2 = dict(block_size=131072, tie_embeddings=True, rope_scaling=dict(_llama3_rope, factor=32.0))
+for _size, _base in (("8B", _llama3_8b), ("70B", _llama3_70b)):
+    _add(_base, f"meta-llama/Meta-Llama-3-{_size}", f"meta-llama/Meta-Llama-3-{_size}-Instruct")
+    _add(_with(_base, **_llama3_1), f"meta-llama/Llama-3.1-{_size}", f"meta-llama/Llama-3.1-{_size}-Instruct")
+_add(_with(_llama3_70b, n_layer=126, n_embd=16384, n_head=128, intermediate_size=53248, **_llama3_1),
+     "meta-llama/Llama-3.1-405B", "meta-llama/Llama-3.1-405B-Instruct")
+_add(_with(_llama3_8b, n_layer=16, n_embd=2048, head_size=64, intermediate_size=8192, **_llama3_2),
+     "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-1B-Instruct")
+_add(_with(_llama3_8b, n_layer=28, n_embd=3072, n_head=24, head_size=128, intermediate_size=8192, **_llama3_2),
+     "meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-3B-Instruct")
+_add(_with(_llama3_70b, **_llama3_1), "meta-llama/Llama-3.3-70B-Instruct")
+
+# Qwen 2.5 (https://huggingface.co/Qwen): bias on q/k/v only, RoPE base 1e6, 32k context (config.json's sliding
+# window is off: use_sliding_window=false); the small ones tie the head. Math: 4k context, base 1e4
+_qwen2_5 = dict(architecture="qwen2", block_size=32768, vocab_size=152064, rope_base=1e6, norm_eps=1e-6,
+                attn_bias=True, attn_proj_bias=False)
+_qwen2_5_small = _with(_qwen2_5, vocab_size=151936, tie_embeddings=True)
+_qwen2_5_shapes = {
+    "0.5B": _with(_qwen2_5_small, n_layer=24, n_embd=896, n_head=14, n_query_groups=2, intermediate_size=4864),
+    "1.5B": _with(_qwen2_5_small, n_layer=28, n_embd=1536, n_head=12, n_query_groups=2, intermediate_size=8960),
+    "3B": _with(_qwen2_5_small, n_layer=36, n_embd=2048, n_head=16, n_query_groups=2, intermediate_size=11008),
+    "7B": _with(_qwen2_5, n_layer=28, n_embd=3584, n_head=28, n_query_groups=4, intermediate_size=18944),
+    "14B": _with(_qwen2_5, n_layer=48, n_embd=5120, n_head=40, n_query_groups=8, intermediate_size=13824),
+    "32B": _with(_qwen2_5, n_layer=64, n_embd=5120, n_head=40, n_query_groups=8, intermediate_size=27648),
+    "72B": _with(_qwen2_5, n_layer=80, n_embd=8192, n_head=64, n_query_groups=8, intermediate_size=29568),
+}
+for _size, _base in _qwen2_5_shapes.items():
+    _add(_base, f"Qwen/Qwen2.5-{_size}-Instruct")
+for _size in ("7B", "32B"):
+    _add(_qwen2_5_shapes[_size], f"Qwen/Qwen2.5-Coder-{_size}-Instruct")
+for _size in ("1.5B", "7B"):
+    _add(_with(_qwen2_5_shapes[_size], block_size=4096, rope_base=10000.0), f"Qwen/Qwen2.5-Math-{_size}-Instruct")
+
+# Qwen 3 dense (https://huggingface.co/Qwen): RMSNorm on each query/key head, head_size 128 whatever the width,
+# 40k context; the small ones tie the head
+_qwen3 = dict(architecture="qwen3", block_size=40960, vocab_size=151936, rope_base=1e6, norm_eps=1e-6,
+              head_size=128, n_query_groups=8, qk_norm="head")
+for _size, _shape in (
+    ("0.6B", dict(n_layer=28, n_embd=1024, n_head=16, intermediate_size=3072, tie_embeddings=True)),
+    ("1.7B", dict(n_layer=28, n_embd=2048, n_head=16, intermediate_size=6144, tie_embeddings=True)),
+    ("4B", dict(n_layer=36, n_embd=2560, n_head=32, intermediate_size=9728, tie_embeddings=True)),
+    ("8B", dict(n_layer=36, n_embd=4096, n_head=32, intermediate_size=12288)),
+    ("14B", dict(n_layer=40, n_embd=5120, n_head=40, intermediate_size=17408)),
+    ("32B", dict(n_layer=64, n_embd=5120, n_head=64, intermediate_size=25600)),
+):
+    _add(_with(_qwen3, **_shape), f"Qwen/Qwen3-{_size}")
+
+# OLMo 2 (https://huggingface.co/allenai): norms after attention and MLP, RMSNorm over the whole query/key projection
+_olmo2 = dict(architecture="olmo2", block_size=4096, vocab_size=100352, rope_base=500000.0, norm_eps=1e-6,
+              qk_norm="projection", norm_placement="post")
+for _repo, _shape in (
+    ("OLMo-2-0425-1B", dict(n_layer=16, n_embd=2048, n_head=16, intermediate_size=8192)),
+    ("OLMo-2-1124-7B", dict(n_layer=32, n_embd=4096, n_head=32, intermediate_size=11008)),
+    ("OLMo-2-1124-13B", dict(n_layer=40, n_embd=5120, n_head=40, intermediate_size=13824)),
+    ("OLMo-2-0325-32B", dict(n_layer=64, n_embd=5120, n_head=40, n_query_groups=8, intermediate_size=27648)),
+):
+    _add(_with(_olmo2, **_shape), f"allenai/{_repo}", f"allenai/{_repo}-Instruct")
+
+# Phi-3 / Phi-3.5 / Phi-4-mini (https://huggingface.co/microsoft): fused qkv_proj and gate_up_proj in the checkpoint.
+# Phi-3.5 and Phi-4-mini reach 128k by LongRoPE from an original 4k; Phi-4-mini rotates 3/4 of each head
+_phi3 = dict(architecture="phi3", block_size=4096, vocab_size=32064, n_layer=32, n_embd=3072, n_head=32,
+             intermediate_size=8192, sliding_window=2047)
+_add(_phi3, "microsoft/Phi-3-mini-4k-instruct")
+_add(_with(_phi3, n_layer=40, n_embd=5120, n_head=40, n_query_groups=10, intermediate_size=17920),
+     "microsoft/Phi-3-medium-4k-instruct")
+
+
+def _longrope(short: list[float], long: list[float], factor: float = 32.0, original: int = 4096) -> dict[str, Any]:
+    # the attention factor transformers derives when config.json gives none: sqrt(1 + ln(factor) / ln(original))
+    return dict(rope_type="longrope", short_factor=short, long_factor=long, original_max_position_embeddings=original,
+                attention_factor=math.sqrt(1 + math.log(factor) / math.log(original)))
+
+
+_add(_with(_phi3, block_size=131072, sliding_window=262144, rope_scaling=_longrope(
+    short=[1.0, 1.0199999809265137, 1.0299999713897705, 1.0299999713897705, 1.0499999523162842, 1.0499999523162842,
+           1.0499999523162842, 1.0499999523162842, 1.0499999523162842, 1.0699999332427979, 1.0999999046325684,
+           1.1099998950958252, 1.1599998474121094, 1.1599998474121094, 1.1699998378753662, 1.2899998426437378,
+           1.339999794960022, 1.679999828338623, 1.7899998426437378, 1.8199998140335083, 1.8499997854232788,
+           1.8799997568130493, 1.9099997282028198, 1.9399996995925903, 1.9899996519088745, 2.0199997425079346,
+           2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346, 2.0199997425079346,
+           2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914,
+           2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0299997329711914, 2.0799996852874756,
+           2.0899996757507324, 2.189999580383301, 2.2199995517730713, 2.5899994373321533, 2.729999542236328,
+           2.749999523162842, 2.8399994373321533],
+    long=[1.0800000429153442, 1.1100000143051147, 1.1399999856948853, 1.340000033378601, 1.5899999141693115,
+          1.600000023841858, 1.6200000047683716, 2.620000123977661, 3.2300000190734863, 3.2300000190734863,
+          4.789999961853027, 7.400000095367432, 7.700000286102295, 9.09000015258789, 12.199999809265137,
+          17.670000076293945, 24.46000099182129, 28.57000160217285, 30.420001983642578, 30.840002059936523,
+          32.590003967285156, 32.93000411987305, 42.320003509521484, 44.96000289916992, 50.340003967285156,
+          50.45000457763672, 57.55000305175781, 57.93000411987305, 58.21000289916992, 60.1400032043457,
+          62.61000442504883, 62.62000274658203, 62.71000289916992, 63.1400032043457, 63.1400032043457,
+          63.77000427246094, 63.93000411987305, 63.96000289916992, 63.970001220703125, 64.02999877929688,
+          64.06999969482422, 64.08000183105469, 64.12000274658203, 64.41000366210938, 64.4800033569336,
+          64.51000213623047, 64.52999877929688, 64.83999633789062])),
+     "microsoft/Phi-3.5-mini-instruct")
+_add(_with(_phi3, block_size=131072, vocab_size=200064, n_head=24, n_query_groups=8, rotary_percentage=0.75,
+           sliding_window=262144, tie_embeddings=True, rope_scaling=_longrope(short=[1.0] * 48, long=[
+               1.0, 1.118320672, 1.250641126, 1.398617824, 1.564103225, 1.74916897, 1.956131817, 2.187582649,
+               2.446418898, 2.735880826, 3.059592084, 3.421605075, 3.826451687, 4.279200023, 4.785517845, 5.351743533,
+               5.984965424, 6.693110555, 7.485043894, 8.370679318, 9.36110372, 10.4687158, 11.70738129, 13.09260651,
+               14.64173252, 16.37415215, 18.31155283, 20.47818807, 22.90118105, 25.61086418, 28.64115884, 32.03,
+               32.1, 32.13, 32.23, 32.6, 32.61, 32.64, 32.66, 32.7, 32.71, 32.93, 32.97, 33.28, 33.49, 33.5, 44.16,
+               47.77])),
+     "microsoft/Phi-4-mini-instruct")
+
+# Gemma 2 (https://huggingface.co/google): (1 + w) RMSNorm before and after attention and MLP, GeGLU, embeddings
+# times sqrt(n_embd), soft-capped attention scores (50) and logits (30), every other layer in a 4096 window
+_gemma2 = dict(architecture="gemma2", block_size=8192, vocab_size=256000, norm_eps=1e-6, norm_unit_offset=True,
+               norm_placement="pre_post", mlp_class="geglu", gelu_approximate="tanh", scale_embeddings=True,
+               attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+               sliding_window_pattern=2, tie_embeddings=True)
+for _size, _shape in (
+    ("2b", dict(n_layer=26, n_embd=2304, n_head=8, n_query_groups=4, head_size=256, intermediate_size=9216,
+                query_pre_attn_scalar=256)),
+    ("9b", dict(n_layer=42, n_embd=3584, n_head=16, n_query_groups=8, head_size=256, intermediate_size=14336,
+                query_pre_attn_scalar=256)),
+    ("27b", dict(n_layer=46, n_embd=4608, n_head=32, n_query_groups=16, head_size=128, intermediate_size=36864,
+                 query_pre_attn_scalar=144)),
+):
+    _add(_with(_gemma2, **_shape), f"google/gemma-2-{_size}", f"google/gemma-2-{_size}-it")
+
+# Gemma 3 text (https://huggingface.co/google): as Gemma 2 without soft-capping, with q/k norm; five of every six
+# layers in a 512 window with their own RoPE base 1e4, the sixth global with base 1e6. (4B and larger are
+# vision-language checkpoints, model_type gemma3: not supported.)
+_add(dict(architecture="gemma3_text", block_size=32768, vocab_size=262144, n_layer=26, n_embd=1152, n_head=4,
+          n_query_groups=1, head_size=256, intermediate_size=6912, norm_eps=1e-6, norm_unit_offset=True,
+          norm_placement="pre_post", mlp_class="geglu", gelu_approximate="tanh", scale_embeddings=True,
+          qk_norm="head", query_pre_attn_scalar=256, rope_base=1e6, rope_local_base=10000.0, sliding_window=512,
+          sliding_window_pattern=6, tie_embeddings=True),
+     "google/gemma-3-1b-pt", "google/gemma-3-1b-it")
+
 # GPT-NeoX family: LayerNorm, GELU MLP, biases, partial rotary, parallel residual
 _neox = dict(architecture="gpt_neox", block_size=2048, vocab_size=50304, norm_class="LayerNorm", mlp_class="gelu",
                attn_bias=True, mlp_bias=True, rotary_percentage=0.25, parallel_residual=True)

@@ -235,3 +235,38 @@ def test_gemma_layer_patterns_other_than_every_nth_are_refused() -> None:
           "layer_types": ["full_attention", "sliding_attention"]}
     with pytest.raises(UserError, match="is not every n-th layer global"):
         Config.from_hf_config(hf)
+
+
+# ------------------------------------------------------------------------------------ named configs
+
+
+def test_parameter_counts_of_published_sizes() -> None:
+    """Counted on the meta device against the sizes the model cards publish: catches a wrong shape in the table."""
+    expected = {"Llama-3.1-8B": 8.03e9, "Llama-3.2-1B": 1.236e9, "Llama-3.2-3B": 3.213e9, "Llama-3.1-405B": 405.85e9,
+                "Qwen2.5-0.5B-Instruct": 0.494e9, "Qwen2.5-7B-Instruct": 7.616e9, "Qwen2.5-72B-Instruct": 72.7e9,
+                "Qwen3-0.6B": 0.596e9, "Qwen3-8B": 8.19e9, "Qwen3-32B": 32.8e9, "OLMo-2-1124-7B": 7.30e9,
+                "OLMo-2-0425-1B": 1.485e9, "Phi-3-mini-4k-instruct": 3.821e9, "Phi-4-mini-instruct": 3_836_021_760,
+                "gemma-2-2b": 2.614e9, "gemma-2-9b": 9.242e9, "gemma-2-27b": 27.227e9, "gemma-3-1b-it": 999_885_952}
+    for name, count in expected.items():
+        with torch.device("meta"):
+            model = GPT(Config.from_name(name))
+        assert sum(p.numel() for p in model.parameters()) == pytest.approx(count, rel=0.002), name
+
+
+def test_named_configs_carry_the_family_features() -> None:
+    llama3_1, llama3_2 = name_to_config["Llama-3.1-8B-Instruct"], name_to_config["Llama-3.2-1B-Instruct"]
+    assert llama3_1.rope_scaling["rope_type"] == "llama3" and llama3_1.rope_scaling["factor"] == 8
+    assert llama3_2.rope_scaling["factor"] == 32 and llama3_2.tie_embeddings and llama3_2.head_size == 64
+    assert name_to_config["Meta-Llama-3-8B"].rope_scaling is None
+    qwen = name_to_config["Qwen2.5-7B-Instruct"]
+    assert qwen.attn_bias and not qwen.attn_proj_bias and qwen.sliding_window is None
+    assert name_to_config["Qwen2.5-0.5B-Instruct"].tie_embeddings and not qwen.tie_embeddings
+    assert name_to_config["Qwen3-0.6B"].head_size == 128 != 1024 // 16
+    phi = name_to_config["Phi-4-mini-instruct"]
+    assert phi.rope_n_elem == 96 and len(phi.rope_scaling["long_factor"]) == 48
+    assert phi.rope_scaling["attention_factor"] == pytest.approx(1.190238, rel=1e-6)  # sqrt(1 + ln 32 / ln 4096)
+    gemma3 = name_to_config["gemma-3-1b-it"]
+    assert [gemma3.is_sliding_layer(i) for i in range(6)] == [True] * 5 + [False]
+    gemma2 = name_to_config["gemma-2-27b"]
+    assert [gemma2.is_sliding_layer(i) for i in range(4)] == [True, False, True, False]
+    assert gemma2.query_pre_attn_scalar == 144
