@@ -524,6 +524,11 @@ for _size, _base, _infill in (("7b", _llama2_7b, True), ("13b", _llama2_13b, Tru
 _add(dict(architecture="mistral", block_size=32768, n_layer=32, n_embd=4096, n_head=32, n_query_groups=8,
             intermediate_size=14336, sliding_window=4096),
      "mistralai/Mistral-7B-v0.1", "mistralai/Mistral-7B-Instruct-v0.1")
+# v0.2 Instruct and v0.3: no sliding window, RoPE base 1e6; v0.3 adds 768 control tokens
+_mistral_v0_2 = dict(architecture="mistral", block_size=32768, n_layer=32, n_embd=4096, n_head=32, n_query_groups=8,
+                     intermediate_size=14336, rope_base=1e6)
+_add(_mistral_v0_2, "mistralai/Mistral-7B-Instruct-v0.2")
+_add(_with(_mistral_v0_2, vocab_size=32768), "mistralai/Mistral-7B-v0.3", "mistralai/Mistral-7B-Instruct-v0.3")
 
 # SmolLM2 (https://huggingface.co/HuggingFaceTB): GQA, tied embeddings, 8k context
 _smollm2 = dict(block_size=8192, vocab_size=49152, rope_base=100000.0, tie_embeddings=True)

@@ -48,6 +48,9 @@ FAMILIES = {
     "qwen2_5": ("Qwen2Config", dict(_BASE, tie_word_embeddings=True, use_sliding_window=False, sliding_window=4,
                                     rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
     "qwen3": ("Qwen3Config", dict(_BASE, head_dim=16)),  # head_dim is not hidden_size / heads
+    # Mistral v0.3 / Nemo: no window, head_dim given explicitly (Nemo: 128 with 5120 / 32 = 160)
+    "mistral_nemo": ("MistralConfig", dict(_BASE, head_dim=16, sliding_window=None,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
     "olmo2": ("Olmo2Config", dict(_BASE)),
     "phi3_window": ("Phi3Config", dict(_BASE, sliding_window=5, original_max_position_embeddings=64)),
     "phi3_longrope": ("Phi3Config", dict(_BASE, hidden_size=64, max_position_embeddings=64,
@@ -67,6 +70,7 @@ FEATURES = {
     "llama3_2_tied": dict(tie_embeddings=True),
     "qwen2_5": dict(attn_bias=True, attn_proj_bias=False, sliding_window=None, tie_embeddings=True),
     "qwen3": dict(qk_norm="head", head_size=16),
+    "mistral_nemo": dict(head_size=16, sliding_window=None, rope_base=1e6),
     "olmo2": dict(qk_norm="projection", norm_placement="post"),
     "phi3_window": dict(sliding_window=5, sliding_window_pattern=None),
     "phi3_longrope": dict(rotary_percentage=0.5),
