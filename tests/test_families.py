@@ -274,3 +274,85 @@ def test_named_configs_carry_the_family_features() -> None:
     gemma2 = name_to_config["gemma-2-27b"]
     assert [gemma2.is_sliding_layer(i) for i in range(4)] == [True, False, True, False]
     assert gemma2.query_pre_attn_scalar == 144
+
+
+# ------------------------------------------------------------------------------------ finetuning
+
+
+_TRAIN_LAYOUTS = {
+    # soft-capped head through the chunked loss, windowed layers, packed rows through explicit masks
+    "gemma2": ("Gemma2Config", dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0)),
+    # fused checkpoint weights, partial rotary
+    "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5, sliding_window=None)),
+}
+
+
+@pytest.fixture(scope="module")
+def train_workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
+    """Per layout: a tiny converted checkpoint with a real BPE tokenizer and ChatML template, and Alpaca data."""
+    from prepare_helpers import CHATML, tiny_bpe_checkpoint
+
+    from lit_gpt.data import ALPACA, prepare
+
+    root = tmp_path_factory.mktemp("train")
+    rows = [{"instruction": f"Name color number {i}.", "input": "" if i % 3 else "The sky is blue.",
+             "output": ["Red.", "Blue, yellow.", "Green and blue.", "Yellow"][i % 4] * (1 + i % 3)} for i in range(40)]
+    (root / "alpaca.json").write_text(json.dumps(rows))
+    out = {}
+    for layout, (config_class, kwargs) in _TRAIN_LAYOUTS.items():
+        checkpoint = tiny_bpe_checkpoint(root / layout, bos=False, chat_template=CHATML)
+        hf_config = getattr(transformers, config_class)(
+            vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=0, eos_token_id=1,
+            **kwargs)
+        torch.manual_seed(0)
+        transformers.AutoModelForCausalLM.from_config(hf_config).save_pretrained(checkpoint)
+        convert_hf_checkpoint(checkpoint)
+        prepare(ALPACA, checkpoint_dir=checkpoint, destination_path=root / f"data_{layout}",
+                data_file=root / "alpaca.json", test_split_fraction=0.2)
+        out[layout] = {"checkpoint": checkpoint, "data": root / f"data_{layout}"}
+    return out
+
+
+def _finetune(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
+    from test_finetune import finetune
+
+    settings = dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir,
+                    precision="32-true", batch_size=4, micro_batch_size=2, warmup_steps=2, learning_rate=1e-2,
+                    lora_dropout=0.0, eval_interval=4, eval_iters=2, save_interval=100, lora_query=True,
+                    lora_key=True, lora_value=True, lora_projection=True, lora_mlp=True)
+    return finetune.setup(**(settings | overrides))
+
+
+@pytest.mark.parametrize("layout", list(_TRAIN_LAYOUTS))
+def test_finetune_packed_chunked_equals_padded_and_generates(train_workspace: dict, tmp_path: Path,
+                                                             layout: str) -> None:
+    """finetune/lora.py with LoRA on every projection: packed rows with the head in chunks train exactly like padded
+    batches with full logits (Gemma 2's soft-capped head and windowed masks included), the loss falls, and
+    generate/base.py answers differently with the adapter than without."""
+    from test_finetune import generate_script
+
+    workspace = train_workspace[layout]
+    common = dict(max_iters=None, epochs=2, eval_iters=8)
+    padded = _finetune(workspace, tmp_path / "padded", **common, lm_head_chunk_size=0)
+    packed = _finetune(workspace, tmp_path / "packed", **common, packing=True, lm_head_chunk_size=16,
+                       override_max_seq_length=128, micro_batch_size=1)
+    for a, b in zip(padded["history"], packed["history"], strict=True):
+        for key in ("train_loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], abs=1e-5), (a["step"], key)
+    assert padded["final_val_loss"] < 0.9 * padded["initial_val_loss"]
+
+    adapter = tmp_path / "padded" / "lit_lora.safetensors"
+    common = dict(prompt="Name color number 3.", top_k=1, max_new_tokens=8, precision="32-true")
+    tuned = generate_script.main(workspace["checkpoint"], lora_path=adapter, **common)
+    base = generate_script.main(workspace["checkpoint"], prompt_style="chat", **common)
+    assert tuned != base, (tuned, base)
+
+
+def test_qlora_on_fused_phi3_weights_trains(train_workspace: dict, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    result = _finetune(train_workspace["phi3"], tmp_path / "qlora", quantize="bnb.nf4", max_iters=40)
+    losses = [m["train_loss"] for m in result["history"] if "train_loss" in m]
+    assert losses[-1] < 0.9 * losses[0]
