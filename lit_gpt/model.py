@@ -101,11 +101,12 @@ class GPT(nn.Module):
         T = idx.size(1)
         if input_pos is None and positions is None and T > self.max_seq_length:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_length={self.max_seq_length}")
+        # (a packed row may be longer than max_seq_length: only its examples' positions index the RoPE tables)
         if input_pos is not None:
             positions = input_pos
         elif positions is None:
             positions = torch.arange(T, device=idx.device)
-        # a packed row may be longer than max_seq_length; only its examples' positions index the RoPE tables
+        # one mask per distinct layer window (None: global layers), one RoPE table per layer kind
         windows = {block.attn.sliding_window for block in self.blocks}
         masks = {w: self.attention_mask(positions, input_pos, w) for w in windows}
         ropes = {local: self.rope(positions, local) for local in {w is not None for w in windows}}
@@ -122,6 +123,7 @@ class GPT(nn.Module):
                 x = block(x, cos, sin, masks[window], input_pos)
         x = self.norm(x)
         if callable(head):
+            # the bare linear when it is all the head does: the chunked loss then takes its fused linear+CE path
             return head(x, self.lm_head if self.config.final_logit_softcapping is None else self.logits)
         return self.logits(x) if head else x  # (B, T, vocab_size) or (B, T, n_embd)
 
@@ -158,7 +160,7 @@ class GPT(nn.Module):
             int(positions.max()) >= c.rope_scaling["original_max_position_embeddings"]
         ):
             # LongRoPE as Phi-3 runs it: past the original context, the whole pass switches to the long factors
-            # (keys already in the KV cache keep the short ones, as in transformers)
+            # (keys cached before were computed with the short ones: see `kv_cache_stale_at`)
             cos, sin = self.cos_long, self.sin_long
         else:
             cos, sin = self.cos, self.sin
@@ -248,13 +250,11 @@ class CausalSelfAttention(nn.Module):
         self.value = nn.Linear(config.n_embd, config.n_query_groups * config.head_size, bias=bias)
         self.proj = nn.Linear(config.n_head * config.head_size, config.n_embd, bias=config.attn_proj_bias)
         # Qwen 3 and Gemma 3 normalise each query/key head (size head_size); OLMo 2 the whole projection
-        self.qk_norm_heads = config.qk_norm == "head"
-        if config.qk_norm == "none":
-            self.norm_q = self.norm_k = None
-        else:
-            hs = config.head_size
-            self.norm_q = _norm(config, hs if self.qk_norm_heads else config.n_head * hs)
-            self.norm_k = _norm(config, hs if self.qk_norm_heads else config.n_query_groups * hs)
+        self.norm_q = self.norm_k = None
+        if config.qk_norm != "none":
+            per_head = config.qk_norm == "head"
+            self.norm_q = _norm(config, config.head_size * (1 if per_head else config.n_head))
+            self.norm_k = _norm(config, config.head_size * (1 if per_head else config.n_query_groups))
         self.kv_cache: KVCache | None = None
 
     def forward(
@@ -262,14 +262,12 @@ class CausalSelfAttention(nn.Module):
         input_pos: torch.Tensor | None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.query(x), self.key(x), self.value(x)  # (B, T, nh * hs), (B, T, ng * hs) twice
-        if self.norm_q is not None and not self.qk_norm_heads:
-            q, k = self.norm_q(q), self.norm_k(k)
-        q = q.view(B, T, self.n_head, self.head_size).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_query_groups, self.head_size).transpose(1, 2)  # (B, ng, T, hs)
-        v = v.view(B, T, self.n_query_groups, self.head_size).transpose(1, 2)  # (B, ng, T, hs)
-        if self.norm_q is not None and self.qk_norm_heads:
-            q, k = self.norm_q(q), self.norm_k(k)
+        q = self.query(x).view(B, T, self.n_head, self.head_size)  # (B, T, nh, hs)
+        k = self.key(x).view(B, T, self.n_query_groups, self.head_size)  # (B, T, ng, hs)
+        v = self.value(x).view(B, T, self.n_query_groups, self.head_size)  # (B, T, ng, hs)
+        if self.norm_q is not None:
+            q, k = _qk_norm(self.norm_q, q), _qk_norm(self.norm_k, k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh or ng, T, hs)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if input_pos is not None:
             if self.kv_cache is None:
@@ -300,6 +298,13 @@ class CausalSelfAttention(nn.Module):
         scores = softcap((q @ k.transpose(-2, -1)) * scale, self.softcapping)  # (B, nh, T, kv_len)
         scores = scores.masked_fill(~mask, float("-inf"))
         return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def _qk_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm` on each head of x (B, T, n, hs), or on all n heads at once when its size is n * hs (OLMo 2)."""
+    B, T, n, hs = x.shape
+    size = norm.weight.numel()
+    return norm(x.reshape(B, T, n * hs // size, size)).view(B, T, n, hs)
 
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
