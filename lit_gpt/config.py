@@ -145,7 +145,7 @@ class Config:
         try:
             fields = dict(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_embd=hf["hidden_size"],
                           n_head=hf["num_attention_heads"], **_FROM_HF[model_type](hf))
-            fields.update(_rope_from_hf(hf, fields))
+            fields.update(_rope_from_hf(hf))
         except KeyError as e:
             raise UserError(f"{source}: missing field {e.args[0]!r} for model_type {model_type!r}") from None
         except UserError as e:
@@ -180,18 +180,21 @@ def _rope_parameters(hf: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
-def _rope_from_hf(hf: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     """rope_base, rope_condense_ratio, rope_scaling, rope_local_base and block_size from the RoPE settings."""
     rope = _rope_parameters(hf)
+    max_positions = hf.get("max_position_embeddings", 2048)
+    out: dict[str, Any] = dict(block_size=max_positions)
     if "full_attention" in rope:  # transformers >= 5, Gemma 3: one entry per layer type
         local = rope.get("sliding_attention", {})
         if local.get("rope_type", "default") != "default":
             raise UserError(f"RoPE scaling {local['rope_type']!r} on sliding-window layers is not supported")
-        fields.setdefault("rope_local_base", float(local["rope_theta"]))
+        out["rope_local_base"] = float(local["rope_theta"])
         rope = {k: v for k, v in rope.items() if k not in ("full_attention", "sliding_attention")} | rope["full_attention"]
+    elif "rope_local_base_freq" in hf:  # Gemma 3's config.json before transformers 5
+        out["rope_local_base"] = float(hf["rope_local_base_freq"])
     rope_type = rope.get("rope_type", rope.get("type", "default"))
-    max_positions = hf.get("max_position_embeddings", 2048)
-    out: dict[str, Any] = dict(rope_base=float(rope.get("rope_theta", 10000.0)), block_size=max_positions)
+    out["rope_base"] = float(rope.get("rope_theta", 10000.0))
     if rope_type == "linear":
         out["rope_condense_ratio"] = float(rope["factor"])
         # LongChat's config.json keeps the trained 2048 and reaches 16k (2048 x 8) through the factor; Gemma 3's
@@ -293,7 +296,7 @@ def _gemma_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if hf.get("use_bidirectional_attention"):
         raise UserError("use_bidirectional_attention=true is not supported (causal attention only)")
     gemma3 = hf["model_type"] == "gemma3_text"
-    fields = dict(
+    return dict(
         n_query_groups=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_size=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
         intermediate_size=hf["intermediate_size"],
@@ -312,9 +315,6 @@ def _gemma_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         sliding_window_pattern=_sliding_window_pattern(hf, default=6 if gemma3 else 2),
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )
-    if "rope_local_base_freq" in hf:  # Gemma 3's config.json before transformers 5
-        fields["rope_local_base"] = float(hf["rope_local_base_freq"])
-    return fields
 
 
 def _sliding_window_pattern(hf: dict[str, Any], default: int) -> int:
