@@ -106,7 +106,7 @@ class Config:
         if fields is None:
             raise UserError(
                 f"no config named {name!r}. Run `python scripts/download.py` to list them, or convert a folder whose "
-                "config.json describes a supported architecture (llama, mistral, gpt_neox, falcon)"
+                f"config.json describes a supported architecture ({', '.join(_FROM_HF)})"
             )
         return cls(**{**fields, **overrides})
 
