@@ -15,7 +15,9 @@ from typing import Any, Literal
 from lit_gpt.utils import LIT_CONFIG_NAME, UserError, atomic_write_json
 
 # the Hugging Face `model_type` whose weight layout and config.json keys a checkpoint uses
-Architecture = Literal["llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox", "falcon"]
+Architecture = Literal[
+    "llama", "mistral", "qwen2", "qwen3", "olmo2", "phi3", "gemma2", "gemma3_text", "gpt_neox", "falcon"
+]
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,7 @@ def _rope_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
         if local.get("rope_type", "default") != "default":
             raise UserError(f"RoPE scaling {local['rope_type']!r} on sliding-window layers is not supported")
         out["rope_local_base"] = float(local["rope_theta"])
-        rope = {k: v for k, v in rope.items() if k not in ("full_attention", "sliding_attention")} | rope["full_attention"]
+        rope = rope["full_attention"]
     elif "rope_local_base_freq" in hf:  # Gemma 3's config.json before transformers 5
         out["rope_local_base"] = float(hf["rope_local_base_freq"])
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -262,7 +264,8 @@ def _llama_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
     if model_type == "olmo2":
         fields.update(qk_norm="projection", norm_placement="post")
     if model_type == "phi3":
-        fields["rotary_percentage"] = _rope_parameters(hf).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+        partial = _rope_parameters(hf).get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+        fields["rotary_percentage"] = partial
     return fields
 
 

@@ -134,7 +134,9 @@ class GPT(nn.Module):
             logits = softcap(logits, self.config.final_logit_softcapping)
         return logits
 
-    def attention_mask(self, positions: torch.Tensor, input_pos: torch.Tensor | None, sliding_window: int | None) -> Mask:
+    def attention_mask(
+        self, positions: torch.Tensor, input_pos: torch.Tensor | None, sliding_window: int | None
+    ) -> Mask:
         """The one place that decides how attention is masked, for layers with this `sliding_window` (None: global).
 
             cached step (input_pos)   rows over the whole KV cache: `build_mask`
@@ -274,8 +276,8 @@ class CausalSelfAttention(nn.Module):
                 raise RuntimeError("call `model.set_kv_cache(...)` before a forward pass with `input_pos`")
             k, v = self.kv_cache(input_pos, k, v)  # (B, ng, cache_len, hs)
         if isinstance(mask, tuple):  # packed examples: each one's causal attention on its own slice of the row
-            y = torch.cat([self.attention(*qkv, None) for qkv in zip(q.split(mask, 2), k.split(mask, 2), v.split(mask, 2))],
-                          dim=2)
+            slices = zip(q.split(mask, 2), k.split(mask, 2), v.split(mask, 2))
+            y = torch.cat([self.attention(*qkv, None) for qkv in slices], dim=2)
         else:
             y = self.attention(q, k, v, mask)
         # y: (B, nh, T, hs)

@@ -66,7 +66,8 @@ FAMILIES = {
 }
 # the Config field each layout exercises, so a mapping that drops one fails here rather than passing by accident
 FEATURES = {
-    "llama3": dict(rope_base=500000.0, block_size=64, rope_scaling={k: v for k, v in _LLAMA3_ROPE.items() if k != "rope_theta"}),
+    "llama3": dict(rope_base=500000.0, block_size=64,
+                   rope_scaling={k: v for k, v in _LLAMA3_ROPE.items() if k != "rope_theta"}),
     "llama3_2_tied": dict(tie_embeddings=True),
     "qwen2_5": dict(attn_bias=True, attn_proj_bias=False, sliding_window=None, tie_embeddings=True),
     "qwen3": dict(qk_norm="head", head_size=16),
@@ -216,7 +217,8 @@ def test_phi3_peft_adapter_uses_the_fused_names(tmp_path: Path, converted: dict)
 
 
 @pytest.mark.parametrize("change,message", [
-    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}), "RoPE scaling 'yarn' is not supported"),
+    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6}),
+     "RoPE scaling 'yarn' is not supported"),
     (dict(rope_scaling={"type": "dynamic", "factor": 2.0}), "RoPE scaling 'dynamic' is not supported"),
     (dict(use_sliding_window=True, sliding_window=4), "use_sliding_window=true"),
     (dict(hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
@@ -403,5 +405,5 @@ def test_hub_config_json_gives_the_named_config(name: str) -> None:
     assert dataclasses.replace(derived, hf_repo_id=name_to_config[name].hf_repo_id) == name_to_config[name]
     # and transformers reads the same file as the same architecture
     hf = transformers.AutoConfig.for_model(**HUB_CONFIGS[name])
-    assert (hf.num_hidden_layers, hf.hidden_size, getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads) \
-        == (derived.n_layer, derived.n_embd, derived.head_size)
+    head_size = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    assert (hf.num_hidden_layers, hf.hidden_size, head_size) == (derived.n_layer, derived.n_embd, derived.head_size)
