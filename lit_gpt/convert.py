@@ -1,9 +1,14 @@
 """Checkpoint conversion between Hugging Face folders and ours, in both directions.
 
 Our checkpoint folder = the original Hugging Face files + `lit_config.json` + `lit_model.safetensors`.
-Weight names follow `lit_gpt.model`; Hugging Face names are mapped per architecture below. Fused QKV
-matrices (GPT-NeoX, Falcon) are split into our separate query/key/value on the way in and fused on the
-way out. All three fused layouts are one grouped layout (rows ordered by KV group):
+Weight names follow `lit_gpt.model`; Hugging Face names are mapped per architecture below. Fused matrices are
+split into our separate linears on the way in and fused on the way out:
+
+    attn.qkv      -> attn.query/key/value   GPT-NeoX, Falcon: grouped layout (rows ordered by KV group)
+                                            Phi-3: concatenated [all q; all k; all v]
+    mlp.gate_up   -> mlp.fc_1/fc_2          Phi-3: concatenated [gate; up]
+
+The grouped layout covers three cases:
 
     (n_query_groups, q_per_kv + 2, head_size, n_embd):   group g = [q heads of g..., k_g, v_g]
     GPT-NeoX MHA: q_per_kv = 1          Falcon 7B MQA: n_query_groups = 1          Falcon 40B/180B: GQA
@@ -42,6 +47,23 @@ _LLAMA = {
     "model.norm": "norm",
     "lm_head": "lm_head",
 }
+_QK_NORM = {
+    "model.layers.{}.self_attn.q_norm": "blocks.{}.attn.norm_q",
+    "model.layers.{}.self_attn.k_norm": "blocks.{}.attn.norm_k",
+}
+_POST_NORMS = {
+    "model.layers.{}.post_attention_layernorm": "blocks.{}.post_attn_norm",
+    "model.layers.{}.post_feedforward_layernorm": "blocks.{}.post_mlp_norm",
+}
+# OLMo 2: no norms before attention and MLP, norms after both
+_OLMO2 = {**{hf: lit for hf, lit in _LLAMA.items() if "layernorm" not in hf}, **_QK_NORM, **_POST_NORMS}
+# Gemma: norms before and after attention and MLP
+_GEMMA2 = {**_LLAMA, "model.layers.{}.pre_feedforward_layernorm": "blocks.{}.norm_2", **_POST_NORMS}
+_PHI3 = {
+    **{hf: lit for hf, lit in _LLAMA.items() if not re.search(r"\.(q|k|v|gate|up)_proj$", hf)},
+    "model.layers.{}.self_attn.qkv_proj": "blocks.{}.attn.qkv",
+    "model.layers.{}.mlp.gate_up_proj": "blocks.{}.mlp.gate_up",
+}
 _GPT_NEOX = {
     "gpt_neox.embed_in": "embed",
     "gpt_neox.layers.{}.input_layernorm": "blocks.{}.norm_1",
@@ -65,7 +87,12 @@ _FALCON = {
     "transformer.ln_f": "norm",
     "lm_head": "lm_head",
 }
-HF_TO_LIT = {"llama": _LLAMA, "mistral": _LLAMA, "gpt_neox": _GPT_NEOX, "falcon": _FALCON}
+HF_TO_LIT = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": {**_LLAMA, **_QK_NORM}, "olmo2": _OLMO2,
+    "phi3": _PHI3, "gemma2": _GEMMA2, "gemma3_text": {**_GEMMA2, **_QK_NORM}, "gpt_neox": _GPT_NEOX, "falcon": _FALCON,
+}
+# fused module of ours (a marker, not a module of `lit_gpt.model`) -> the linears it holds, in order
+FUSED = {"attn.qkv": ("query", "key", "value"), "mlp.gate_up": ("fc_1", "fc_2")}
 
 # Tensors some Hugging Face checkpoints carry that are recomputed, not learned (old RoPE/mask buffers).
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
@@ -114,6 +141,30 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) 
         (q.unflatten(0, (ng, q_per_kv, hs)), k.unflatten(0, (ng, 1, hs)), v.unflatten(0, (ng, 1, hs))), dim=1
     )  # (ng, q_per_kv + 2, hs[, n_embd])
     return grouped.flatten(0, 2)
+
+
+def split_fused(fused: str, tensor: torch.Tensor, config: Config) -> tuple[torch.Tensor, ...]:
+    """A fused weight or bias (`fused` a key of `FUSED`) as the tensors of its parts, in `FUSED` order."""
+    if fused == "mlp.gate_up":
+        return tuple(t.clone() for t in tensor.chunk(2))  # [gate; up]
+    if config.architecture == "phi3":
+        return tuple(t.clone() for t in tensor.split(fused_rows(fused, config)))  # [all q; all k; all v]
+    return split_qkv(tensor, config)
+
+
+def fuse(fused: str, parts: list[torch.Tensor], config: Config) -> torch.Tensor:
+    """Inverse of `split_fused`."""
+    if fused == "mlp.gate_up" or config.architecture == "phi3":
+        return torch.cat(parts)
+    return fuse_qkv(*parts, config)
+
+
+def fused_rows(fused: str, config: Config) -> list[int]:
+    """The rows (output features) of each part of the fused weight `fused`, in `FUSED` order."""
+    if fused == "mlp.gate_up":
+        return [config.intermediate_size] * 2
+    hs = config.head_size
+    return [config.n_head * hs, config.n_query_groups * hs, config.n_query_groups * hs]
 
 
 # ------------------------------------------------------------------------------------ HF -> ours
@@ -287,10 +338,11 @@ def convert_hf_state(
         lit_module = lit_module.format(layer)
         if dtype is not None:
             tensor = tensor.to(dtype)
-        if lit_module.endswith(".qkv"):
-            prefix = lit_module[: -len("qkv")]
-            for part, t in zip(("query", "key", "value"), split_qkv(tensor, config)):
-                out[f"{prefix}{part}.{param}"] = t
+        fused = lit_module.split(".", 2)[-1]  # "blocks.3.attn.qkv" -> "attn.qkv"
+        if fused in FUSED:
+            prefix = lit_module.rsplit(".", 1)[0]
+            for part, t in zip(FUSED[fused], split_fused(fused, tensor, config)):
+                out[f"{prefix}.{part}.{param}"] = t
         else:
             out[f"{lit_module}.{param}"] = tensor
     if unknown:
@@ -338,19 +390,22 @@ def convert_hf_checkpoint(
 
 
 def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """Our weights under Hugging Face names (fusing query/key/value where the architecture fuses them)."""
+    """Our weights under Hugging Face names (fusing the linears the architecture fuses, see `FUSED`)."""
     reverse = {lit: hf for hf, lit in hf_to_lit_modules(config).items()}
-    fused = "blocks.{}.attn.qkv" in reverse
+    # "blocks.{}.attn.query" -> ("attn.qkv", 0) where the architecture fuses it
+    part_of = {f"blocks.{{}}.{fused.split('.')[0]}.{part}": (fused, i)
+               for fused, parts in FUSED.items() if f"blocks.{{}}.{fused}" in reverse for i, part in enumerate(parts)}
     out = {}
     for name, tensor in state.items():
         module, _, param = name.rpartition(".")
         template, layer = _template(module)
-        if fused and template in ("blocks.{}.attn.query", "blocks.{}.attn.key", "blocks.{}.attn.value"):
-            if not template.endswith("query"):
-                continue  # fused together with the query below
-            prefix = module[: -len("query")]
-            tensor = fuse_qkv(*(state[f"{prefix}{part}.{param}"] for part in ("query", "key", "value")), config)
-            template = "blocks.{}.attn.qkv"
+        if template in part_of:
+            fused, i = part_of[template]
+            if i:
+                continue  # fused together with the first part below
+            prefix = module.rsplit(".", 1)[0]
+            tensor = fuse(fused, [state[f"{prefix}.{part}.{param}"] for part in FUSED[fused]], config)
+            template = f"blocks.{{}}.{fused}"
         out[f"{reverse[template].format(layer)}.{param}"] = tensor
     return out
 
