@@ -51,7 +51,7 @@ def main(
     tokenizer = Tokenizer(checkpoint_dir)
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if lora_path is not None:
-        load_lora_into(model, lora_path)
+        load_lora_into(model, lora_path, checkpoint_dir)
     if prompt_style is None:
         prompt_style, _ = default_prompt_style(checkpoint_dir, tokenizer, lora_path, fallback="alpaca")
     style = load_prompt_style(prompt_style, tokenizer)

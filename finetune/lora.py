@@ -21,7 +21,7 @@ from lit_gpt.checkpoint import load_model
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.fsdp import average_adapter_grads, fsdp_strategy, is_sharded, lockstep_batches
 from lit_gpt.generate import generate_tokens
-from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_parameters, save_lora
+from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, base_fingerprint, lora_parameters, save_lora
 from lit_gpt.prompts import load_prompt_style
 from lit_gpt.quantize import quantize_model
 from lit_gpt.tokenizer import Tokenizer
@@ -340,14 +340,16 @@ def main(fabric, checkpoint_dir: Path, data_dir: Path, out_dir: Path, lora_confi
             # every epoch's adapter, and its answers to the dev prompts, to choose an epoch by reading
             answers = [_answer(generator, tokenizer, style, p, fabric.device, sharded) for p in dev] if generates else []
             if fabric.global_rank == 0:
-                save_lora(adapter, lora_config, out_dir / f"epoch-{epoch}" / LORA_WEIGHTS_NAME, style.name)
+                save_lora(adapter, lora_config, out_dir / f"epoch-{epoch}" / LORA_WEIGHTS_NAME, style.name,
+                          base_fingerprint(checkpoint_dir))
                 epochs_tracker.record(epoch, step, metrics["val_loss"], dict(zip(dev, answers)))
             stop = fabric.broadcast(epochs_tracker.should_stop())
             if stop:
                 fabric.print(f"Early stopping after epoch {epoch}: no better validation loss for "
                              f"{h['early_stopping_patience']} epochs (best: epoch {epochs_tracker.best_epoch})")
         if step % h["save_interval"] == 0 or step == max_steps or stop:
-            _save(fabric, adapter, optimizer, lora_config, out_dir, step, style.name, epochs_tracker)
+            _save(fabric, adapter, optimizer, lora_config, out_dir, step, style.name, epochs_tracker,
+                  base_fingerprint(checkpoint_dir))
         if stop:
             break
 
@@ -415,11 +417,11 @@ def _sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_t
 
 
 def _save(fabric, adapter: dict[str, torch.nn.Parameter], optimizer, lora_config: LoRAConfig, out_dir: Path,
-          step: int, prompt_style: str, epochs_tracker: EpochTracker) -> None:
+          step: int, prompt_style: str, epochs_tracker: EpochTracker, base: str) -> None:
     rng = all_rng_states(fabric)  # on every rank, before rank 0 writes them all
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_lora(adapter, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style)
+        save_lora(adapter, lora_config, out_dir / LORA_WEIGHTS_NAME, prompt_style, base)
         save_state(out_dir / STATE_NAME, {"step": step, "lora": {k: p.detach() for k, p in adapter.items()},
                                           "lora_config": dataclasses.asdict(lora_config),
                                           "optimizer": optimizer.state_dict(), "rng": rng,

@@ -18,7 +18,7 @@ from lit_gpt.generate import generate_tokens
 from lit_gpt.lora import load_lora_into
 from lit_gpt.prompts import default_prompt_style, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+from lit_gpt.utils import UserError, cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
 
 def main(
@@ -65,7 +65,7 @@ def main(
     t0 = time.perf_counter()
     model = load_model(checkpoint_dir, device=fabric.device, dtype=precision_dtype(precision))
     if lora_path is not None:
-        load_lora_into(model, lora_path)
+        load_lora_into(model, lora_path, checkpoint_dir)
     model.eval()
     print(f"Loaded {checkpoint_dir}{f' + {lora_path}' if lora_path else ''} in {time.perf_counter() - t0:.1f}s",
           file=sys.stderr)
@@ -78,6 +78,11 @@ def main(
     else:
         style = load_prompt_style(prompt_style, tokenizer)  # the same text the training data was made with
         ids = tokenizer.encode(style.prompt(prompt), bos=style.bos)
+    room = model.config.block_size - max_new_tokens
+    if len(ids) > room:
+        raise UserError(f"--prompt is {len(ids)} tokens, and with --max_new_tokens {max_new_tokens} the model's context "
+                        f"of {model.config.block_size} tokens leaves room for {max(room, 0)}; shorten the prompt or "
+                        "lower --max_new_tokens")
     ids = torch.tensor(ids, device=fabric.device)
     outputs = []
     for _ in range(num_samples):

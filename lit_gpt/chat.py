@@ -55,6 +55,10 @@ def chat_loop(
         while len(ids) + max_new_tokens > model.config.block_size and len(history) > 1:
             history = history[1:]  # forget the oldest turn rather than fail
             ids = conversation_prompt_ids(encoder, style.segments(history), style.bos)
+        if len(ids) + max_new_tokens > model.config.block_size:
+            write(f"(that message is {len(ids)} tokens, too long for the model's context of "
+                  f"{model.config.block_size} with {max_new_tokens} tokens of answer; send a shorter one)\n")
+            continue
         tokens = generate_tokens(model, torch.tensor(ids, device=device), max_new_tokens, temperature=temperature,
                                  top_k=top_k, eos_id=tokenizer.eos_id)
         answer = ""

@@ -1,9 +1,14 @@
 """Checkpoint conversion between Hugging Face folders and ours, in both directions.
 
 Our checkpoint folder = the original Hugging Face files + `lit_config.json` + `lit_model.safetensors`.
-Weight names follow `lit_gpt.model`; Hugging Face names are mapped per architecture below. Fused QKV
-matrices (GPT-NeoX, Falcon) are split into our separate query/key/value on the way in and fused on the
-way out. All three fused layouts are one grouped layout (rows ordered by KV group):
+Weight names follow `lit_gpt.model`; Hugging Face names are mapped per architecture below. Fused matrices are
+split into our separate linears on the way in and fused on the way out:
+
+    attn.qkv      -> attn.query/key/value   GPT-NeoX, Falcon: grouped layout (rows ordered by KV group)
+                                            Phi-3: concatenated [all q; all k; all v]
+    mlp.gate_up   -> mlp.fc_1/fc_2          Phi-3: concatenated [gate; up]
+
+The grouped layout covers three cases:
 
     (n_query_groups, q_per_kv + 2, head_size, n_embd):   group g = [q heads of g..., k_g, v_g]
     GPT-NeoX MHA: q_per_kv = 1          Falcon 7B MQA: n_query_groups = 1          Falcon 40B/180B: GQA
@@ -11,6 +16,8 @@ way out. All three fused layouts are one grouped layout (rows ordered by KV grou
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import re
 import shutil
 from collections.abc import Iterator
@@ -19,10 +26,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lit_gpt.checkpoint import load_weights, save_weights
+from lit_gpt.checkpoint import WRITTEN_BY, check_out_dir, load_weights, save_weights
 from lit_gpt.config import Config, name_to_config
 from lit_gpt.model import GPT
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, read_json
 
 # Hugging Face module name -> ours; "{}" is the layer index. Each applies to `.weight` and `.bias`.
 # "attn.qkv" is not a module of ours: it marks a fused matrix that is split into attn.query/key/value.
@@ -39,6 +46,23 @@ _LLAMA = {
     "model.layers.{}.mlp.down_proj": "blocks.{}.mlp.proj",
     "model.norm": "norm",
     "lm_head": "lm_head",
+}
+_QK_NORM = {
+    "model.layers.{}.self_attn.q_norm": "blocks.{}.attn.norm_q",
+    "model.layers.{}.self_attn.k_norm": "blocks.{}.attn.norm_k",
+}
+_POST_NORMS = {
+    "model.layers.{}.post_attention_layernorm": "blocks.{}.post_attn_norm",
+    "model.layers.{}.post_feedforward_layernorm": "blocks.{}.post_mlp_norm",
+}
+# OLMo 2: no norms before attention and MLP, norms after both
+_OLMO2 = {**{hf: lit for hf, lit in _LLAMA.items() if "layernorm" not in hf}, **_QK_NORM, **_POST_NORMS}
+# Gemma: norms before and after attention and MLP
+_GEMMA2 = {**_LLAMA, "model.layers.{}.pre_feedforward_layernorm": "blocks.{}.norm_2", **_POST_NORMS}
+_PHI3 = {
+    **{hf: lit for hf, lit in _LLAMA.items() if not re.search(r"\.(q|k|v|gate|up)_proj$", hf)},
+    "model.layers.{}.self_attn.qkv_proj": "blocks.{}.attn.qkv",
+    "model.layers.{}.mlp.gate_up_proj": "blocks.{}.mlp.gate_up",
 }
 _GPT_NEOX = {
     "gpt_neox.embed_in": "embed",
@@ -63,7 +87,12 @@ _FALCON = {
     "transformer.ln_f": "norm",
     "lm_head": "lm_head",
 }
-HF_TO_LIT = {"llama": _LLAMA, "mistral": _LLAMA, "gpt_neox": _GPT_NEOX, "falcon": _FALCON}
+HF_TO_LIT = {
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": {**_LLAMA, **_QK_NORM}, "olmo2": _OLMO2,
+    "phi3": _PHI3, "gemma2": _GEMMA2, "gemma3_text": {**_GEMMA2, **_QK_NORM}, "gpt_neox": _GPT_NEOX, "falcon": _FALCON,
+}
+# fused module of ours (a marker, not a module of `lit_gpt.model`) -> the linears it holds, in order
+FUSED = {"attn.qkv": ("query", "key", "value"), "mlp.gate_up": ("fc_1", "fc_2")}
 
 # Tensors some Hugging Face checkpoints carry that are recomputed, not learned (old RoPE/mask buffers).
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|attention\.bias|attention\.masked_bias)$")
@@ -112,6 +141,30 @@ def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: Config) 
         (q.unflatten(0, (ng, q_per_kv, hs)), k.unflatten(0, (ng, 1, hs)), v.unflatten(0, (ng, 1, hs))), dim=1
     )  # (ng, q_per_kv + 2, hs[, n_embd])
     return grouped.flatten(0, 2)
+
+
+def split_fused(fused: str, tensor: torch.Tensor, config: Config) -> tuple[torch.Tensor, ...]:
+    """A fused weight or bias (`fused` a key of `FUSED`) as the tensors of its parts, in `FUSED` order."""
+    if fused == "mlp.gate_up":
+        return tuple(t.clone() for t in tensor.chunk(2))  # [gate; up]
+    if config.architecture == "phi3":
+        return tuple(t.clone() for t in tensor.split(fused_rows(fused, config)))  # [all q; all k; all v]
+    return split_qkv(tensor, config)
+
+
+def fuse(fused: str, parts: list[torch.Tensor], config: Config) -> torch.Tensor:
+    """Inverse of `split_fused`."""
+    if fused == "mlp.gate_up" or config.architecture == "phi3":
+        return torch.cat(parts)
+    return fuse_qkv(*parts, config)
+
+
+def fused_rows(fused: str, config: Config) -> list[int]:
+    """The rows (output features) of each part of the fused weight `fused`, in `FUSED` order."""
+    if fused == "mlp.gate_up":
+        return [config.intermediate_size] * 2
+    hs = config.head_size
+    return [config.n_head * hs, config.n_query_groups * hs, config.n_query_groups * hs]
 
 
 # ------------------------------------------------------------------------------------ HF -> ours
@@ -163,10 +216,28 @@ def _iter_hf_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
         if path.suffix == ".safetensors":
             yield from read_safetensors(path)
         else:
-            # `.bin` files are pickles: weights_only refuses anything but tensors; mmap avoids reading it all at once
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = _load_bin(path)
             for name in list(state):
                 yield name, state.pop(name)
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch `.bin` state dict. These are pickles: weights_only refuses anything but tensors; mmap avoids reading it
+    all at once, except in the legacy (pre-1.6, non-zip) format, which cannot be mapped and is read whole."""
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a PyTorch weights file we can read ({reason[:200]}); delete it and download "
+                        "it again") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{path} does not hold a state dict of tensors; is it a model checkpoint?")
+    return state
 
 
 _SAFETENSORS_DTYPES = {
@@ -175,27 +246,80 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_MAX_HEADER = 100 * 2**20  # the safetensors library's own limit on the JSON header
+
+
 def read_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the tensors of a safetensors file one at a time, read with plain file reads.
 
     `safe_open` memory-maps the file, and every mapped page it touches stays in this process's resident set
     until the file is closed, so converting would hold the input and the output at once. Reading each
     tensor into its own buffer keeps the peak near the size of the output.
+
+    The header is checked as the safetensors library checks it, before anything is allocated: every tensor's bytes
+    lie inside the file, its size is its shape times its dtype's size, and the tensors tile the data region without
+    overlaps or holes. A file that fails is one UserError.
     """
+    entries = _safetensors_entries(path)
     with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        data_start = 8 + header_len
-        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-            if info["dtype"] not in _SAFETENSORS_DTYPES:
-                raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which conversion does not support")
-            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
-            begin, end = info["data_offsets"]
-            f.seek(data_start + begin)
+        for name, dtype, shape, begin, end in entries:
+            tensor = torch.empty(shape, dtype=dtype)
+            f.seek(begin)
             if f.readinto(tensor.view(-1).view(torch.uint8).numpy()) != end - begin:
                 raise UserError(f"{path} is truncated (tensor {name}); delete it and download again")
             yield name, tensor
+
+
+def _safetensors_entries(path: Path) -> list[tuple[str, torch.dtype, list[int], int, int]]:
+    """(name, dtype, shape, first byte, end byte in the file) of every tensor, in file order, after checking the
+    header against the file's size (see `read_safetensors`)."""
+    def bad(reason: str) -> UserError:
+        return UserError(f"{path} is not a valid safetensors file ({reason}); delete it and download it again")
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise bad(f"{size} bytes, too short for a header")
+        header_len = int.from_bytes(prefix, "little")
+        if header_len > min(size - 8, _MAX_HEADER):
+            raise bad(f"its header claims {header_len:,} bytes of a {size:,}-byte file")
+        try:
+            header = json.loads(f.read(header_len))
+        except (ValueError, RecursionError):
+            raise bad("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    data_start, data_size = 8 + header_len, size - 8 - header_len
+    entries = []
+    for name, info in header.items():
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+                and all(type(n) is int and n >= 0 for n in info["shape"]) and isinstance(info.get("data_offsets"), list)
+                and len(info["data_offsets"]) == 2 and all(type(n) is int for n in info["data_offsets"])):
+            raise bad(f"tensor {name!r} lacks a dtype, shape or data_offsets")
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise UserError(f"{path}: tensor {name} has dtype {info['dtype']}, which conversion does not support")
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        if not 0 <= begin <= end:
+            raise bad(f"tensor {name!r} has data offsets {begin}..{end}")
+        if end > data_size:
+            raise UserError(f"{path} is truncated: tensor {name} ends at byte {data_start + end:,} of {size:,}; "
+                            "delete it and download it again")
+        if math.prod(info["shape"]) * dtype.itemsize != end - begin:
+            raise bad(f"tensor {name!r} of shape {info['shape']} and dtype {info['dtype']} needs "
+                      f"{math.prod(info['shape']) * dtype.itemsize:,} bytes, its offsets give {end - begin:,}")
+        entries.append((name, dtype, info["shape"], data_start + begin, data_start + end))
+    entries.sort(key=lambda e: (e[3], e[4]))
+    covered = data_start
+    for name, _, _, begin, end in entries:
+        if begin != covered:
+            raise bad(f"tensor {name!r} {'overlaps the one before it' if begin < covered else 'leaves a gap before it'}")
+        covered = end
+    if covered != size:
+        raise bad(f"{size - covered:,} bytes after the last tensor")
+    return entries
 
 
 def convert_hf_state(
@@ -219,10 +343,11 @@ def convert_hf_state(
         lit_module = lit_module.format(layer)
         if dtype is not None:
             tensor = tensor.to(dtype)
-        if lit_module.endswith(".qkv"):
-            prefix = lit_module[: -len("qkv")]
-            for part, t in zip(("query", "key", "value"), split_qkv(tensor, config)):
-                out[f"{prefix}{part}.{param}"] = t
+        fused = lit_module.split(".", 2)[-1]  # "blocks.3.attn.qkv" -> "attn.qkv"
+        if fused in FUSED:
+            prefix = lit_module.rsplit(".", 1)[0]
+            for part, t in zip(FUSED[fused], split_fused(fused, tensor, config)):
+                out[f"{prefix}.{part}.{param}"] = t
         else:
             out[f"{lit_module}.{param}"] = tensor
     if unknown:
@@ -270,19 +395,22 @@ def convert_hf_checkpoint(
 
 
 def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """Our weights under Hugging Face names (fusing query/key/value where the architecture fuses them)."""
+    """Our weights under Hugging Face names (fusing the linears the architecture fuses, see `FUSED`)."""
     reverse = {lit: hf for hf, lit in hf_to_lit_modules(config).items()}
-    fused = "blocks.{}.attn.qkv" in reverse
+    # "blocks.{}.attn.query" -> ("attn.qkv", 0) where the architecture fuses it
+    part_of = {f"blocks.{{}}.{fused.split('.')[0]}.{part}": (fused, i)
+               for fused, parts in FUSED.items() if f"blocks.{{}}.{fused}" in reverse for i, part in enumerate(parts)}
     out = {}
     for name, tensor in state.items():
         module, _, param = name.rpartition(".")
         template, layer = _template(module)
-        if fused and template in ("blocks.{}.attn.query", "blocks.{}.attn.key", "blocks.{}.attn.value"):
-            if not template.endswith("query"):
-                continue  # fused together with the query below
-            prefix = module[: -len("query")]
-            tensor = fuse_qkv(*(state[f"{prefix}{part}.{param}"] for part in ("query", "key", "value")), config)
-            template = "blocks.{}.attn.qkv"
+        if template in part_of:
+            fused, i = part_of[template]
+            if i:
+                continue  # fused together with the first part below
+            prefix = module.rsplit(".", 1)[0]
+            tensor = fuse(fused, [state[f"{prefix}.{part}.{param}"] for part in FUSED[fused]], config)
+            template = f"blocks.{{}}.{fused}"
         out[f"{reverse[template].format(layer)}.{param}"] = tensor
     return out
 
@@ -290,12 +418,17 @@ def lit_to_hf_state(state: dict[str, torch.Tensor], config: Config) -> dict[str,
 def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, dtype: torch.dtype | None = None) -> Path:
     """Write a Hugging Face folder (config.json, model.safetensors, tokenizer and generation files) that
     `transformers.AutoModelForCausalLM.from_pretrained(output_dir)` loads; weights in `dtype` (default: as stored)."""
+    if Path(output_dir).resolve() == Path(checkpoint_dir).resolve():
+        raise UserError(f"--output_dir {output_dir} is --checkpoint_dir, whose config.json and tokenizer files it would "
+                        "overwrite; pass a new folder")
+    check_out_dir(output_dir, ("model.safetensors", "config.json", "generation_config.json", *TOKENIZER_FILES),
+                  "model.safetensors", "convert_lit_checkpoint", "--output_dir")
     config = Config.from_checkpoint(checkpoint_dir)
     state = {name: t.to(dtype or t.dtype) for name, t in load_weights(checkpoint_dir).items()}
     check_state_dict(state, config)
     hf_state = lit_to_hf_state(state, config)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(hf_state, output_dir / "model.safetensors")
+    save_weights(hf_state, output_dir / "model.safetensors", {WRITTEN_BY: "convert_lit_checkpoint"})
 
     hf_config = config.to_hf_config()
     hf_config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
@@ -308,5 +441,6 @@ def convert_lit_checkpoint(checkpoint_dir: Path, output_dir: Path, dtype: torch.
     atomic_write_json(output_dir / "config.json", hf_config)
     for name in TOKENIZER_FILES + ("generation_config.json",):
         if (checkpoint_dir / name).is_file() and checkpoint_dir.resolve() != output_dir.resolve():
-            shutil.copyfile(checkpoint_dir / name, output_dir / name)
+            with atomic_path(output_dir / name) as tmp:
+                shutil.copyfile(checkpoint_dir / name, tmp)
     return output_dir

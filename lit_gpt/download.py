@@ -3,13 +3,14 @@
 Files are fetched one by one over plain HTTP with `huggingface_hub`'s metadata call (`get_hf_file_metadata`) and
 streaming `http_get`, not with `snapshot_download`: in `huggingface_hub` 2.4 a file interrupted mid-way is deleted
 (its temporary name is unique per attempt), so a killed run would start large shards over. Here the partial file
-is kept under `.download/` in the checkpoint folder, named after the file's ETag (its content hash), and the next
-run continues it with an HTTP Range request; a finished file is skipped when its recorded ETag is still current.
+is kept under `.download/` in the checkpoint folder, named after a hash of the file's ETag (its content hash), and the
+next run continues it with an HTTP Range request; a finished file is skipped when its recorded ETag is still current.
 """
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import sys
 from dataclasses import dataclass
@@ -149,11 +150,31 @@ class _RemoteFile:
     on_hub: bool  # False for a CDN, which must not receive the token
 
 
-def _lookup(repo_id: str, name: str, commit: str, token: str | None) -> _RemoteFile:
-    """HEAD `name` at `commit`; raises the Hub's errors (gated, missing, ...)."""
-    if Path(name).is_absolute() or ".." in Path(name).parts:
+def download_file(repo_id: str, filename: str, local_dir: Path, repo_type: str = "model",
+                  token: str | None = None) -> Path:
+    """`local_dir/filename`: one file of a Hub repo, fetched as `download` fetches a model's files (resumable, the
+    same bytes not fetched twice, no local path chosen by the server: `huggingface_hub`'s own cache names blobs after
+    the server's ETag). Without a connection, the copy an earlier run fetched is used. Raises the Hub's errors."""
+    dest, state = Path(local_dir) / filename, Path(local_dir) / STATE_DIR
+    try:
+        remote = _lookup(repo_id, filename, None, token, repo_type)
+    except (httpx2.TransportError, OfflineModeIsEnabled):
+        if dest.is_file() and (state / f"{filename}.etag").is_file():
+            print(f"cannot reach {constants.ENDPOINT}; using {dest}, fetched before", file=sys.stderr)
+            return dest
+        raise
+    state.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(state / ".lock"):
+        _fetch(remote, token, Path(local_dir))
+    return dest
+
+
+def _lookup(repo_id: str, name: str, commit: str | None, token: str | None, repo_type: str = "model") -> _RemoteFile:
+    """HEAD `name` at `commit` (None: the main branch); raises the Hub's errors (gated, missing, ...)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or parts[0] == STATE_DIR or "\\" in name or "\0" in name:
         raise UserError(f"{repo_id} lists a file outside the repo ({name!r}); refusing to write it")
-    url = hf_hub_url(repo_id, name, revision=commit)
+    url = hf_hub_url(repo_id, name, repo_type=repo_type, revision=commit)
     meta = get_hf_file_metadata(url, token=token, retry_on_errors=True)
     assert meta.etag is not None, "get_hf_file_metadata raises when the ETag is missing"
     return _RemoteFile(name, meta.location, meta.etag, meta.size, urlsplit(meta.location)[:2] == urlsplit(url)[:2])
@@ -169,7 +190,8 @@ def _fetch(remote: _RemoteFile, token: str | None, local_dir: Path) -> bool:
         print(f"{name}: already downloaded")
         return False
 
-    partial = state / f"{name}.{remote.etag}.incomplete"
+    # named by a hash of the ETag: the server chooses the ETag, and nothing it sends may choose a path
+    partial = state / f"{name}.{hashlib.sha256(remote.etag.encode()).hexdigest()[:16]}.incomplete"
     partial.parent.mkdir(parents=True, exist_ok=True)
     for stale in partial.parent.glob(f"{glob.escape(Path(name).name)}.*.incomplete"):  # an older version's
         if stale != partial:

@@ -5,12 +5,13 @@
     export_peft             lit_lora.safetensors -> adapter_config.json + adapter_model.safetensors, which
                             `peft.PeftModel.from_pretrained(hf_base_model, out_dir)` loads onto the Hugging Face model
 
-Most targets map one to one onto a Hugging Face linear. GPT-NeoX and Falcon fuse query/key/value into one
-`query_key_value` linear, so our (up to) three rank-r adapters become one adapter of rank k*r on the fused module,
-k = the number of adapted parts. Its A stacks their A's; its B holds each part's B in that part's rows and columns:
+Most targets map one to one onto a Hugging Face linear. GPT-NeoX, Falcon and Phi-3 fuse query/key/value into one
+linear (`query_key_value`, `qkv_proj`), Phi-3 also gate and up (`gate_up_proj`), so our (up to) three rank-r adapters
+become one adapter of rank k*r on the fused module, k = the number of adapted parts. Its A stacks their A's; its B
+holds each part's B in that part's rows and columns:
 
     A_fused = [A_q; A_v]               (2r, n_embd)            here k = 2: query and value adapted
-    B_fused rows of q = [B_q  0 ]      (fused rows, 2r), rows in the grouped layout of `lit_gpt.convert.fuse_qkv`
+    B_fused rows of q = [B_q  0 ]      (fused rows, 2r), rows in the fused weight's layout (`lit_gpt.convert.fuse`)
             rows of k = [ 0   0 ]
             rows of v = [ 0  B_v]      so B_fused @ A_fused = the q, k, v updates stacked as the fused weight is
 
@@ -26,15 +27,15 @@ from typing import Any
 
 import torch
 
-from lit_gpt.checkpoint import load_model, save_weights
+from lit_gpt.checkpoint import WRITTEN_BY, check_out_dir, load_model, save_weights
 from lit_gpt.config import Config
-from lit_gpt.convert import TOKENIZER_FILES, _template, check_state_dict, fuse_qkv, hf_to_lit_modules
+from lit_gpt.convert import FUSED, TOKENIZER_FILES, _template, check_state_dict, fuse, fused_rows, hf_to_lit_modules
 from lit_gpt.lora import (
     LoRAConfig, apply_lora, load_lora, load_lora_into, lora_state_dict, merge_lora, read_lora_metadata,
 )
 from lit_gpt.model import GPT
 from lit_gpt.prompts import PROMPT_STYLE_NAME, save_checkpoint_prompt_style
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_json, read_json
+from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, read_json
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -43,11 +44,14 @@ _PEFT_PREFIX = "base_model.model."
 # Checkpoint tensor names that are not the module's name in `transformers` >= 5: GPT-NeoX's head is stored as
 # `embed_out.weight` but is the module `lm_head` (renamed on load). PEFT names modules, so it needs `lm_head`.
 _HF_MODULE_RENAMES = {"embed_out": "lm_head"}
-_QKV_PARTS = ("query", "key", "value")
-_QKV_TEMPLATES = {f"blocks.{{}}.attn.{part}": part for part in _QKV_PARTS}
-_FUSED_QKV = "blocks.{}.attn.qkv"
+# "blocks.{}.attn.query" -> ("attn.qkv", "query"): the fused module of ours each part belongs to
+_FUSED_PARTS = {f"blocks.{{}}.{fused.split('.')[0]}.{part}": (fused, part) for fused, parts in FUSED.items()
+                for part in parts}
 # "model.layers.3.self_attn.q_proj" -> "self_attn.q_proj"
 _LAYER_PREFIX = re.compile(r"^.*\.\d+\.")
+# What merge_lora_checkpoint writes into its out_dir
+MERGED_FILES = (LIT_WEIGHTS_NAME, LIT_CONFIG_NAME, PROMPT_STYLE_NAME, "config.json", "generation_config.json",
+                *TOKENIZER_FILES)
 
 
 # ------------------------------------------------------------------------------------ merge
@@ -79,11 +83,12 @@ def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path,
     """
     if out_dir.resolve() == checkpoint_dir.resolve():
         raise UserError(f"--out_dir {out_dir} is the base checkpoint folder; pass a new folder so the base stays intact")
+    check_out_dir(out_dir, MERGED_FILES, LIT_WEIGHTS_NAME, "merge_lora")
     config = Config.from_checkpoint(checkpoint_dir)
     prompt_style = read_lora_metadata(lora_path).get("prompt_style")
     # merged in the dtype it is written in: float32 gives what generate/base.py computes on a CPU with the adapter
     model = load_model(checkpoint_dir, dtype=dtype)
-    load_lora_into(model, lora_path)
+    load_lora_into(model, lora_path, checkpoint_dir)
     merge_lora(model)  # unties an adapted tied head
     untie = config.tie_embeddings and model.lm_head.weight is not model.embed.weight
     if untie:
@@ -94,7 +99,7 @@ def merge_lora_checkpoint(checkpoint_dir: Path, lora_path: Path, out_dir: Path,
         del state["lm_head.weight"]  # the same tensor as embed.weight, stored once as convert does
     check_state_dict(state, config)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(state, out_dir / LIT_WEIGHTS_NAME)
+    save_weights(state, out_dir / LIT_WEIGHTS_NAME, {WRITTEN_BY: "merge_lora"})
     config.save(out_dir)
     _copy_base_files(checkpoint_dir, out_dir, untie)
     if prompt_style is not None:
@@ -107,7 +112,8 @@ def _copy_base_files(checkpoint_dir: Path, out_dir: Path, untie: bool) -> None:
     # a base that is itself a merge keeps its recorded style unless the new adapter names one
     for name in TOKENIZER_FILES + ("generation_config.json", PROMPT_STYLE_NAME):
         if (checkpoint_dir / name).is_file():
-            shutil.copyfile(checkpoint_dir / name, out_dir / name)
+            with atomic_path(out_dir / name) as tmp:
+                shutil.copyfile(checkpoint_dir / name, tmp)
     hf_config = checkpoint_dir / "config.json"
     if hf_config.is_file():
         data = read_json(hf_config)
@@ -124,16 +130,18 @@ def export_peft(checkpoint_dir: Path, lora_path: Path, out_dir: Path) -> Path:
 
     `peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf_dir), out_dir)` then computes what our
     model with the adapter computes, where `hf_dir` is the base's Hugging Face folder (the original download, or what
-    scripts/convert_lit_checkpoint.py writes). Only `lit_config.json` of the base is read, not its weights.
+    scripts/convert_lit_checkpoint.py writes). Of the base, `lit_config.json` is read and, to check that the adapter
+    was trained on it, 32 of its weights (`lit_gpt.lora.check_base`).
     Module names follow `transformers` >= 5 (GPT-NeoX's head is `lm_head` there, `embed_out` before). Returns `out_dir`.
     """
+    check_out_dir(out_dir, (PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME), PEFT_WEIGHTS_NAME, "export_peft")
     config = Config.from_checkpoint(checkpoint_dir)
-    lora_config, state = load_lora(lora_path)
+    lora_config, state = load_lora(lora_path, checkpoint_dir)
     _check_adapter_fits(state, config, lora_config, lora_path)
-    tensors, fused_rank = peft_state(state, config, lora_config)
-    adapter_config = peft_adapter_config(config, lora_config, tensors, fused_rank)
+    tensors, fused_ranks = peft_state(state, config, lora_config)
+    adapter_config = peft_adapter_config(config, lora_config, tensors, fused_ranks)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(tensors, out_dir / PEFT_WEIGHTS_NAME)
+    save_weights(tensors, out_dir / PEFT_WEIGHTS_NAME, {WRITTEN_BY: "export_peft"})
     atomic_write_json(out_dir / PEFT_CONFIG_NAME, adapter_config)
     return out_dir
 
@@ -153,64 +161,66 @@ def _check_adapter_fits(state: dict[str, torch.Tensor], config: Config, lora_con
 
 def peft_state(
     state: dict[str, torch.Tensor], config: Config, lora_config: LoRAConfig
-) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Our adapter tensors under PEFT names; query/key/value adapters fused where the architecture fuses QKV.
+) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Our adapter tensors under PEFT names; the parts of a fused module (see `lit_gpt.convert.FUSED`) fused where the
+    architecture fuses them.
 
-    Returns the tensors and the rank of the fused QKV adapters (None when there are none).
+    Returns the tensors and the rank of each fused adapter by its PEFT target ("self_attn.qkv_proj": 4).
     """
     hf_modules = {lit: _HF_MODULE_RENAMES.get(hf, hf) for hf, lit in hf_to_lit_modules(config).items()}
-    fused = _FUSED_QKV in hf_modules
     out: dict[str, torch.Tensor] = {}
-    qkv_by_layer: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    # (fused module template, layer) -> {part: (A, B)}
+    to_fuse: dict[tuple[str, str], dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for name in sorted(state):
         if not name.endswith(".lora_A"):
             continue
         module = name.removesuffix(".lora_A")
         a, b = state[name], state[f"{module}.lora_B"]
         template, layer = _template(module)
-        if fused and template in _QKV_TEMPLATES:
-            qkv_by_layer.setdefault(layer, {})[_QKV_TEMPLATES[template]] = (a, b)
+        if template not in hf_modules:  # a part of a module the architecture fuses
+            fused, part = _FUSED_PARTS[template]
+            to_fuse.setdefault((fused, layer), {})[part] = (a, b)
             continue
         hf_module = hf_modules[template].format(layer)
         out[f"{_PEFT_PREFIX}{hf_module}.lora_A.weight"] = a
         out[f"{_PEFT_PREFIX}{hf_module}.lora_B.weight"] = b
 
-    fused_rank = None
-    for layer, parts in qkv_by_layer.items():
-        a, b = fuse_lora_qkv(parts, config, lora_config.lora_r)
-        hf_module = hf_modules[_FUSED_QKV].format(layer)
+    fused_ranks = {}
+    for (fused, layer), parts in to_fuse.items():
+        a, b = fuse_lora(fused, parts, config, lora_config.lora_r)
+        hf_template = hf_modules[f"blocks.{{}}.{fused}"]
+        hf_module = hf_template.format(layer)
         out[f"{_PEFT_PREFIX}{hf_module}.lora_A.weight"] = a
         out[f"{_PEFT_PREFIX}{hf_module}.lora_B.weight"] = b
-        fused_rank = a.shape[0]  # every layer has the same targets, so the same rank
-    return out, fused_rank
+        fused_ranks[_LAYER_PREFIX.sub("", hf_module)] = a.shape[0]  # every layer has the same targets: the same rank
+    return out, fused_ranks
 
 
-def fuse_lora_qkv(
-    parts: dict[str, tuple[torch.Tensor, torch.Tensor]], config: Config, r: int
+def fuse_lora(
+    fused: str, parts: dict[str, tuple[torch.Tensor, torch.Tensor]], config: Config, r: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One LoRA (A, B) on the fused QKV weight equal to the separate adapters in `parts` ({"query": (A, B), ...}).
+    """One LoRA (A, B) on the fused weight `fused` ("attn.qkv", "mlp.gate_up") equal to the separate adapters in
+    `parts` ({"query": (A, B), ...}).
 
     With k adapted parts: A (k*r, n_embd) stacks their A's; B (fused rows, k*r) puts part i's B in columns
     i*r:(i+1)*r of that part's rows, zeros elsewhere, so B @ A is each part's B_i @ A_i in its own rows.
     """
-    names = [p for p in _QKV_PARTS if p in parts]
+    names = [p for p in FUSED[fused] if p in parts]
     a = torch.cat([parts[p][0] for p in names])  # (k*r, n_embd)
     rank = len(names) * r
-    rows = {"query": config.n_head * config.head_size, "key": config.n_query_groups * config.head_size,
-            "value": config.n_query_groups * config.head_size}
     dtype = parts[names[0]][1].dtype
     blocks = []
-    for part in _QKV_PARTS:
-        block = torch.zeros(rows[part], rank, dtype=dtype)  # (rows of this part, k*r)
+    for part, rows in zip(FUSED[fused], fused_rows(fused, config)):
+        block = torch.zeros(rows, rank, dtype=dtype)  # (rows of this part, k*r)
         if part in parts:
             i = names.index(part)
             block[:, i * r:(i + 1) * r] = parts[part][1]
         blocks.append(block)
-    return a, fuse_qkv(*blocks, config)  # (k*r, n_embd), (fused rows, k*r)
+    return a, fuse(fused, blocks, config)  # (k*r, n_embd), (fused rows, k*r)
 
 
 def peft_adapter_config(
-    config: Config, lora_config: LoRAConfig, tensors: dict[str, torch.Tensor], fused_rank: int | None
+    config: Config, lora_config: LoRAConfig, tensors: dict[str, torch.Tensor], fused_ranks: dict[str, int]
 ) -> dict[str, Any]:
     """The `adapter_config.json` PEFT 0.21 reads for a plain LoRA (the fields `LoraConfig.save_pretrained` writes
     that matter here; PEFT fills the rest with its defaults)."""
@@ -218,12 +228,11 @@ def peft_adapter_config(
     # a target matches a module whose name ends with it: "self_attn.q_proj" is unambiguous in every layer
     targets = sorted({_LAYER_PREFIX.sub("", m) for m in modules})
     rank_pattern, alpha_pattern = {}, {}
-    if fused_rank is not None and fused_rank != lora_config.lora_r:
-        fused_target = next(t for t in targets if t.endswith("query_key_value"))
-        k = fused_rank // lora_config.lora_r
-        # scaling = alpha / r must stay ours: (k * alpha) / (k * r)
-        rank_pattern[fused_target] = fused_rank
-        alpha_pattern[fused_target] = k * lora_config.lora_alpha
+    for fused_target, rank in fused_ranks.items():
+        if rank != lora_config.lora_r:
+            # scaling = alpha / r must stay ours: (k * alpha) / (k * r)
+            rank_pattern[fused_target] = rank
+            alpha_pattern[fused_target] = rank // lora_config.lora_r * lora_config.lora_alpha
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",

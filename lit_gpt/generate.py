@@ -46,13 +46,17 @@ def generate_tokens(
     if total > model.max_seq_length:
         model.max_seq_length = total
     tokens = prompt
+    stale_at = model.kv_cache_stale_at
     if use_kv_cache:
         model.set_kv_cache(batch_size=1, max_seq_length=total)
     try:
         input_pos = torch.arange(T, device=prompt.device)
         step_input = prompt
         for _ in range(max_new_tokens):
-            if use_kv_cache:
+            if use_kv_cache and stale_at is not None and int(input_pos[0]) == stale_at:
+                # every key is recomputed with the long LongRoPE factors: one full pass, then cached steps again
+                logits = model(tokens[None], torch.arange(tokens.size(0), device=tokens.device))[0, -1]
+            elif use_kv_cache:
                 logits = model(step_input[None], input_pos)[0, -1]
             else:
                 logits = model(tokens[None])[0, -1]

@@ -8,13 +8,16 @@ a LoRA model unchanged, and adds `lora_A` (r, in) and `lora_B` (out, r):
 Each target is its own linear (query, key and value are separate in `lit_gpt.model`), so "query and value only"
 adapts exactly those rows: the fused-QKV bookkeeping that made Lit-GPT's partial targets wrong does not exist here.
 The hyperparameters travel with the adapter weights (`lora_config` in the safetensors metadata), so generate,
-merge and export read them instead of being told.
+merge and export read them instead of being told; so does a fingerprint of the base checkpoint (`base_checkpoint`),
+so they refuse a base the adapter was not trained on, even one of the same shape.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import safe_open
-
-from lit_gpt.utils import UserError, atomic_path
+from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME, UserError, atomic_path, read_json, read_safetensors_file
 
 LORA_WEIGHTS_NAME = "lit_lora.safetensors"
 
@@ -201,10 +202,10 @@ def merge_lora(model: nn.Module) -> None:
 
 
 def save_lora(model: nn.Module | dict[str, torch.Tensor], config: LoRAConfig, path: Path,
-              prompt_style: str | None = None) -> None:
-    """Write the adapter weights of `model` (or the adapter tensors themselves, by name) with their hyperparameters
-    (and the prompt style of the training data) in the file's metadata, atomically: generate, merge and export read
-    them from there."""
+              prompt_style: str | None = None, base: str | None = None) -> None:
+    """Write the adapter weights of `model` (or the adapter tensors themselves, by name) with their hyperparameters,
+    the prompt style of the training data and the base checkpoint's `base_fingerprint` in the file's metadata,
+    atomically: generate, merge and export read them from there."""
     from safetensors.torch import save_file
 
     tensors = lora_state_dict(model) if isinstance(model, nn.Module) else model
@@ -212,31 +213,118 @@ def save_lora(model: nn.Module | dict[str, torch.Tensor], config: LoRAConfig, pa
     metadata = {"lora_config": json.dumps(dataclasses.asdict(config))}
     if prompt_style is not None:
         metadata["prompt_style"] = prompt_style
+    if base is not None:
+        metadata["base_checkpoint"] = base
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
 
 
+# Sampled weights of the base compare equal across dtypes up to this relative difference (bf16 keeps 8 bits)
+_FINGERPRINT_RTOL = 1e-2
+
+
+def base_fingerprint(checkpoint_dir: Path) -> str:
+    """What identifies a base checkpoint, as JSON: its config (without its name) and 32 weights sampled from 4 of its
+    matrices. Cheap (32 reads) and the same whatever dtype the checkpoint was converted to; two checkpoints of one
+    shape (a base model and its finetune) differ in the samples."""
+    from safetensors import SafetensorError, safe_open
+
+    config = read_json(Path(checkpoint_dir) / LIT_CONFIG_NAME)
+    shape = {k: v for k, v in config.items() if k not in ("name", "hf_repo_id")}
+    samples = {}
+    weights = Path(checkpoint_dir) / LIT_WEIGHTS_NAME
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            matrices = [name for name in sorted(f.keys()) if len(f.get_slice(name).get_shape()) == 2]
+            for name in (matrices[i * (len(matrices) - 1) // 3] for i in range(4)) if matrices else ():
+                tensor = f.get_slice(name)
+                rows, cols = tensor.get_shape()
+                picks = sorted({(i * rows // 8, (i * 7919 + 13) % cols) for i in range(8)})
+                samples[name] = [float(tensor[r:r + 1, c:c + 1].float().item()) for r, c in picks]
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{weights} is not a readable safetensors file ({e}); convert the checkpoint again: "
+                        f"python scripts/convert_hf_checkpoint.py --checkpoint_dir {checkpoint_dir}") from None
+    return json.dumps({"checkpoint_dir": str(checkpoint_dir),
+                       "config_sha256": hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest(),
+                       "samples": samples})
+
+
+def check_base(path: Path, metadata: dict[str, str], checkpoint_dir: Path) -> None:
+    """Refuse `checkpoint_dir` when the adapter at `path` records another base; warn when it records none."""
+    if not (Path(checkpoint_dir) / LIT_WEIGHTS_NAME).is_file():
+        print(f"warning: {checkpoint_dir} has no {LIT_WEIGHTS_NAME}, so whether {path} was trained on it is not "
+              "checked", file=sys.stderr)
+        return
+    if "base_checkpoint" not in metadata:
+        print(f"warning: {path} does not record the checkpoint it was trained on (written by an older lit_gpt); make "
+              f"sure it was {checkpoint_dir}: on another one it computes something else", file=sys.stderr)
+        return
+    try:
+        recorded = json.loads(metadata["base_checkpoint"])
+        trained_on, config_hash, samples = recorded["checkpoint_dir"], recorded["config_sha256"], recorded["samples"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise UserError(f"{path}: its base_checkpoint metadata is damaged; write the adapter again with "
+                        "finetune/lora.py") from None
+    current = json.loads(base_fingerprint(checkpoint_dir))
+    same = config_hash == current["config_sha256"] and samples.keys() == current["samples"].keys() and all(
+        math.isclose(a, b, rel_tol=_FINGERPRINT_RTOL, abs_tol=1e-6)
+        for name, values in samples.items() for a, b in zip(values, current["samples"][name], strict=True))
+    if not same:
+        raise UserError(f"{path} was trained on {trained_on}, and {checkpoint_dir} is another checkpoint (other "
+                        f"config or weights); pass --checkpoint_dir {trained_on}, the base it was trained on")
+
+
 def read_lora_metadata(path: Path) -> dict[str, str]:
-    if not path.is_file():
+    return _read_lora(path, tensors=False)[1]
+
+
+def _read_lora(path: Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not Path(path).is_file():
         raise UserError(f"{path} not found: pass the adapter written by finetune/lora.py (its out_dir/{LORA_WEIGHTS_NAME})")
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
+    state, metadata = read_safetensors_file(path, "pass the adapter written by finetune/lora.py, or train it again",
+                                            tensors)
     if "lora_config" not in metadata:
         raise UserError(f"{path} has no LoRA hyperparameters in its metadata; was it written by finetune/lora.py?")
-    return metadata
+    return state, metadata
 
 
-def load_lora(path: Path) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
-    """The hyperparameters and weights of an adapter written by `save_lora`."""
-    metadata = read_lora_metadata(path)
-    with safe_open(str(path), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}
-    return LoRAConfig(**json.loads(metadata["lora_config"])), state
+def _lora_config(path: Path, text: str) -> LoRAConfig:
+    """The LoRAConfig in an adapter's metadata; anything but the fields of a LoRAConfig with values of their types
+    is one UserError."""
+    try:
+        fields = json.loads(text)
+    except (ValueError, RecursionError):
+        fields = None
+    if not isinstance(fields, dict):
+        raise UserError(f"{path}: its lora_config metadata is not a JSON object; write the adapter again with "
+                        "finetune/lora.py")
+    types = {f.name: f.type for f in dataclasses.fields(LoRAConfig)}
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        raise UserError(f"{path}: unknown LoRA settings {unknown[:3]} in its metadata (known: {', '.join(types)}); "
+                        "was it written by a newer lit_gpt?")
+    for name, value in fields.items():
+        kind = {"int": (int,), "float": (int, float), "bool": (bool,)}[types[name]]
+        if not isinstance(value, kind) or (types[name] != "bool" and isinstance(value, bool)):
+            raise UserError(f"{path}: LoRA setting {name} is {value!r}, expected a {types[name]}; write the adapter "
+                            "again with finetune/lora.py")
+    return LoRAConfig(**fields)
 
 
-def load_lora_into(model: nn.Module, path: Path) -> LoRAConfig:
-    """Apply the adapter at `path` to a base `model`; checks that the adapter's keys are exactly the LoRA keys."""
-    config, state = load_lora(path)
+def load_lora(path: Path, checkpoint_dir: Path | None = None) -> tuple[LoRAConfig, dict[str, torch.Tensor]]:
+    """The hyperparameters and weights of an adapter written by `save_lora`; with `checkpoint_dir`, refuses a base
+    the adapter was not trained on (`check_base`)."""
+    state, metadata = _read_lora(path)
+    config = _lora_config(path, metadata["lora_config"])
+    if checkpoint_dir is not None:
+        check_base(path, metadata, checkpoint_dir)
+    return config, state
+
+
+def load_lora_into(model: nn.Module, path: Path, checkpoint_dir: Path | None = None) -> LoRAConfig:
+    """Apply the adapter at `path` to a base `model` (loaded from `checkpoint_dir`, checked against the adapter's
+    record when given); checks that the adapter's keys are exactly the LoRA keys."""
+    config, state = load_lora(path, checkpoint_dir)
     apply_lora(model, config)
     expected = set(lora_state_dict(model))
     if set(state) != expected:

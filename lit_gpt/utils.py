@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import os
+import re
+import socket
 import sys
 import tempfile
 from argparse import ArgumentError
@@ -32,7 +36,8 @@ def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwarg
     argv = expand_list_flags(sys.argv[1:] if args is None else args, list_parameters(function))
     try:
         # exit_on_error=False: a bad flag raises here, so it gets one line (with the flag meant) instead of the usage
-        return CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
+        with _secrets_hidden(any(a.startswith("--print_config") for a in argv)):
+            return CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
     except ArgumentError as e:
         message = " ".join(e.message.split())  # jsonargparse breaks type errors over lines
         print(f"error: {message}{flag_suggestion(message, function, kwargs)} (--help lists the flags)",
@@ -40,6 +45,11 @@ def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwarg
         raise SystemExit(2) from None
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except OSError as e:
+        if (message := write_error_message(e)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -71,6 +81,27 @@ def flag_suggestion(message: str, function: Callable[..., Any], cli_kwargs: dict
         if word.startswith("--"):
             meant += difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.6)
     return f"; did you mean {' and '.join(meant)}?" if meant else ""
+
+
+# Flags whose values --print_config must not show: a printed config ends up in logs, issues and shared files.
+SECRET_FLAGS = ("access_token",)
+
+
+@contextlib.contextmanager
+def _secrets_hidden(printing: bool) -> Iterator[None]:
+    """While `--print_config` prints, replace the value of every secret flag with null (and say so)."""
+    if not printing:
+        yield
+        return
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield
+    finally:
+        names = "|".join(SECRET_FLAGS)
+        hidden = re.sub(rf"^(\s*)({names}):(?!\s*null\s*$).*$",
+                        r"\1\2: null  # not printed; pass it again, or set HF_TOKEN", out.getvalue(), flags=re.M)
+        sys.stdout.write(hidden)
 
 
 def expand_list_flags(argv: Sequence[str], flags: Sequence[str]) -> list[str]:
@@ -121,24 +152,105 @@ def require_dir(path: Path, what: str, hint: str) -> Path:
     return path
 
 
+_WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                 errno.EPERM: "permission denied", errno.EFBIG: "the file is too large for this file system"}
+
+
+def write_error_message(e: BaseException, path: Path | str | None = None) -> str | None:
+    """One line for an error of writing `path` (a full disk, a read-only folder, no permission), or None when `e` is
+    not one. Reads the three shapes it comes in: OSError with an errno, numpy's short write, safetensors' own error.
+    Without `path`, the file the error names (what `cli` prints for an OSError nothing else caught)."""
+    number = getattr(e, "errno", None) if isinstance(e, OSError) else None
+    if number is None and (found := re.search(r"\(os error (\d+)\)", str(e))):  # safetensors' SafetensorError
+        number = int(found.group(1))
+    if number in _WRITE_ERRNOS:
+        reason = _WRITE_ERRNOS[number]
+        full = number in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free some space" if full else "pass a folder you can write to"
+    elif isinstance(e, OSError) and re.fullmatch(r"\d+ requested and \d+ written", str(e)):  # numpy's short write
+        reason, fix = "the write was cut short (is the disk full?)", "free some space"
+    else:
+        return None
+    if path is None:  # the last resort in `cli`: reading or writing, we cannot tell
+        return f"{getattr(e, 'filename', None) or 'a file'}: {reason}; {fix} and run the same command again"
+    return f"cannot write {path}: {reason}; {fix} and run the same command again (nothing was replaced)"
+
+
+@contextlib.contextmanager
+def write_errors(path: Path | str) -> Iterator[None]:
+    """Turn a full disk, a read-only folder or missing permission while writing `path` into one UserError line."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, UserError) or (message := write_error_message(e, path)) is None:
+            raise
+        raise UserError(message) from None
+
+
+def temp_name(path: Path) -> str:
+    """The prefix of a temporary name beside `path`. It carries this process' host and id, so a later run can tell a
+    leftover of a killed run (its process is gone) from a file another run is still writing."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def stale_temps(path: Path) -> list[Path]:
+    """What killed runs left beside `path` under `temp_name`'s pattern (suffix .tmp): only names of this pattern, only
+    those whose process, on this host, no longer runs."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(socket.gethostname())}-(\d+)\.[^/]*\.tmp")
+    if not path.parent.is_dir():
+        return []
+    return sorted(entry for entry in path.parent.iterdir()
+                  if (found := pattern.fullmatch(entry.name)) and not _alive(int(found.group(1))))
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete the `stale_temps` of `path`, as far as we may (a leftover we cannot delete is no reason to stop)."""
+    import shutil
+
+    for entry in stale_temps(path):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it over `path`, on failure remove it.
 
-    A killed or failing run therefore never leaves a half-written file under the final name.
+    A killed or failing run therefore never leaves a half-written file under the final name, and the next run
+    removes the temporary file a killed one left. A full disk or a folder it may not write becomes a UserError.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        # mkstemp makes the file private (0600); the result gets the mode `open()` would have given it
-        os.chmod(tmp_path, 0o666 & ~umask())
-        os.replace(tmp_path, path)
-    finally:
-        tmp_path.unlink(missing_ok=True)
+    tmp_path = None
+    with write_errors(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path)
+            fd, tmp = tempfile.mkstemp(prefix=temp_name(path), suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            yield tmp_path
+            # mkstemp makes the file private (0600); the result gets the mode `open()` would have given it
+            os.chmod(tmp_path, 0o666 & ~umask())
+            os.replace(tmp_path, path)
+        finally:
+            if tmp_path is not None:
+                tmp_path.unlink(missing_ok=True)
 
 
 def umask() -> int:
@@ -163,8 +275,25 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; is it the right file?") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text (byte offset {e.start}); re-save the file as UTF-8") from None
+
+
+def read_safetensors_file(
+    path: Path | str, fix: str, tensors: bool = True
+) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+    """The tensors (none unless `tensors`) and the metadata of a safetensors file; a file that is empty, truncated or
+    not safetensors at all is one UserError naming it, with `fix` (what to do about it)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys() if tensors}, f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        reason = str(e).removeprefix("Error while deserializing header: ")
+        raise UserError(f"{path} is not a readable safetensors file ({reason}); {fix}") from None
 
 
 PRECISIONS = ("32-true", "bf16-true", "16-true", "bf16-mixed", "16-mixed")

@@ -19,7 +19,7 @@ def main(checkpoint_dir: Path, lora_path: Path, out_dir: Path) -> None:
 
     Args:
         checkpoint_dir: The converted base checkpoint the adapter was trained on (`checkpoints/ORG/NAME` or `ORG/NAME`);
-            only its lit_config.json is read.
+            its lit_config.json and 32 of its weights are read (to check the adapter was trained on it).
         lora_path: The adapter file written by finetune/lora.py (`<its out_dir>/lit_lora.safetensors`).
         out_dir: Where to write adapter_config.json and adapter_model.safetensors; load them with
             `peft.PeftModel.from_pretrained(base, out_dir)` onto the base's Hugging Face model (the original download,

@@ -48,8 +48,11 @@ LAYOUTS = {
 }
 
 
-def make_hf_checkpoint(tmp_path: Path, layout: str, seed: int = 0) -> tuple[Path, torch.nn.Module]:
-    config_class, kwargs = LAYOUTS[layout]
+def make_hf_checkpoint(tmp_path: Path, layout: str, seed: int = 0, layouts: dict[str, tuple[str, dict]] = LAYOUTS,
+                       matrix_std: float | None = None) -> tuple[Path, torch.nn.Module]:
+    """A random transformers model of `layouts[layout]` saved to tmp_path/layout; `matrix_std` replaces the
+    initializer's small weights (std 0.02: near-uniform next-token choices) with larger ones."""
+    config_class, kwargs = layouts[layout]
     hf_config = getattr(transformers, config_class)(**kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32, attn_implementation="eager")
@@ -57,6 +60,8 @@ def make_hf_checkpoint(tmp_path: Path, layout: str, seed: int = 0) -> tuple[Path
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+            elif matrix_std is not None:
+                p.normal_(std=matrix_std)
     model.eval()
     out = tmp_path / layout
     model.save_pretrained(out)

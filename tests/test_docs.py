@@ -24,6 +24,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,7 +274,9 @@ def stand_in_checkpoint(folder: Path) -> None:
     from lit_gpt.tiny import make_tiny_checkpoint
 
     make_tiny_checkpoint(ROOT / "examples" / "quickstart.json", folder)
-    convert_lit_checkpoint(folder, folder)
+    hf = convert_lit_checkpoint(folder, folder.with_name(folder.name + "-hf"))
+    (hf / "model.safetensors").rename(folder / "model.safetensors")
+    shutil.rmtree(hf)
 
 
 @dataclass

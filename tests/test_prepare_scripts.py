@@ -285,7 +285,7 @@ def test_a_failure_while_writing_removes_the_temporary_folder(tmp_path: Path, ch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(layout.Split, "write", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"/out: the disk is full; free some space"):
         _prepare_default(entry("prepare_alpaca"), checkpoint, write_json(tmp_path / "a.json", ALPACA_ROWS),
                          tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]

@@ -70,7 +70,7 @@ def write_derived(destination: Path, splits: dict[str, Sequence[Pick]], manifest
         raise UserError("nothing to write: no example was selected")
     check_same_tokenizer(sources)
     check_same_prompt_style(sources)
-    check_destination(destination)
+    check_destination(destination, [d.data_dir for d in sources])
     provenance_of = {id(d): d.provenance() for d in sources}
     meta = {**sources[0].meta, "derived": True, "samples": {split: len(picks) for split, picks in splits.items()}}
     with replace_dir(destination) as tmp:

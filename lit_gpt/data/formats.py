@@ -91,6 +91,14 @@ class Record:
         """`value` (found in `field`, e.g. "history[0][1]") if it is a string, else a UserError naming the field."""
         if not isinstance(value, str):
             raise UserError(f"{self.where()}: field {field!r} must be a string, found {_describe(value)}")
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:  # JSON's "\ud800" escape parses, but is no character of any text
+                raise UserError(
+                    f"{self.where()}: field {field!r} holds a lone UTF-16 surrogate (\\u{ord(value[e.start]):04x} at "
+                    f"character {e.start}), which is not text; fix that escape in the file"
+                ) from None
         return value
 
 
@@ -158,6 +166,8 @@ def _json_list_records(path: Path, text: str) -> Iterator[Record]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}, line {e.lineno}, column {e.colno}: invalid JSON: {e.msg}") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read; records are flat objects of strings") from None
     if not isinstance(data, list):
         raise UserError(f"{path}: expected a JSON list of objects, found {type(data).__name__}")
     if not data:
@@ -181,13 +191,22 @@ def _jsonl_records(path: Path, text: str) -> Iterator[Record]:
                 f"{path}, line {line_number}, column {e.colno}: invalid JSON: {e.msg} "
                 "(JSON Lines needs one complete JSON object per line)"
             ) from None
+        except RecursionError:
+            raise UserError(f"{path}, line {line_number}: JSON nested too deeply to read; records are flat objects "
+                            "of strings") from None
         if not isinstance(item, dict):
             raise UserError(f"{where(path, row, line_number)}: expected a JSON object, found {_describe(item)}")
         yield Record(item, path, row, line_number)
         row += 1
 
 
+# The csv module refuses cells over 128 KiB by default; a long answer is a real answer (the whole file is in memory
+# already, so a larger limit costs nothing)
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _csv_records(path: Path, text: str, required_columns: Sequence[str]) -> Iterator[Record]:
+    csv.field_size_limit(_CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""))  # newline="": quoted cells keep their own line breaks
     try:
         header = [name.strip() for name in next(reader)]

@@ -23,13 +23,13 @@ import shutil
 import tempfile
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from lit_gpt.data.tokenize import Sample
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import UserError, read_json, umask
+from lit_gpt.utils import UserError, read_json, remove_stale_temps, stale_temps, temp_name, umask, write_errors
 
 FORMAT = "lit_gpt.tokenized.v1"
 META_NAME = "meta.json"
@@ -69,35 +69,79 @@ class Split:
             f.writelines(encode(p) + "\n" for p in self.provenance)
 
 
-def check_destination(destination: Path) -> None:
-    """Refuse to replace anything but a folder we wrote before (or an empty one): it is deleted on success."""
+# What our writers put in a data folder: prepare (layout above), mix/dedup/select (manifest.json), score (scores.json).
+# Anything else there is the user's, and replacing the folder would delete it.
+_OURS = {META_NAME, STATS_NAME, HISTOGRAM_NAME, *SPLITS, "manifest.json", "scores.json"}
+
+
+def check_destination(destination: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse to replace anything but a folder we wrote before (or an empty one): it is deleted on success.
+
+    `inputs` are the files and folders the run reads: none may lie inside the destination (or be it), since
+    replacing the folder would delete them. A missing destination that a killed run had moved aside is put back first.
+    """
+    destination = Path(destination)
+    if not destination.exists():
+        _restore_moved_aside(destination)
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(destination.resolve()):
+            raise UserError(
+                f"{path} lies inside --destination_path {destination}, which is replaced as a whole; pass another "
+                f"--destination_path (e.g. {destination.parent / (destination.name + '-prepared')})"
+            )
     if destination.exists() and not destination.is_dir():
         raise UserError(f"--destination_path {destination} is a file; pass a folder path")
-    if destination.is_dir() and any(destination.iterdir()) and not (destination / META_NAME).is_file():
+    if not destination.is_dir() or not any(destination.iterdir()):
+        return
+    if not (destination / META_NAME).is_file():
         raise UserError(
             f"--destination_path {destination} already holds files that are not prepared data (no {META_NAME}); "
             "pass a new or empty folder"
+        )
+    foreign = sorted(entry.name for entry in destination.iterdir() if entry.name not in _OURS)
+    if foreign:
+        raise UserError(
+            f"--destination_path {destination} holds {destination / foreign[0]}"
+            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which we did not write and replacing the "
+            "folder would delete; move it out, or pass another --destination_path"
         )
 
 
 @contextlib.contextmanager
 def replace_dir(destination: Path) -> Iterator[Path]:
     """Yield a new folder beside `destination`. On success it takes `destination`'s place (the old one is deleted),
-    on failure it is removed: a failing or killed run never leaves a half-written dataset under the final name."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700); the data folder is as readable as any other
-    try:
-        yield tmp
-        old = None
-        if destination.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
-            os.replace(destination, old)
-        os.replace(tmp, destination)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    on failure it is removed: a failing or killed run never leaves a half-written dataset under the final name.
+
+    What a killed run left beside it is cleaned first (see `lit_gpt.utils.remove_stale_temps`); a previous dataset
+    moved aside by a run killed between its two renames is put back.
+    """
+    destination = Path(destination)
+    with write_errors(destination):
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if not destination.exists():
+            _restore_moved_aside(destination)
+        remove_stale_temps(destination)
+        tmp = Path(tempfile.mkdtemp(prefix=temp_name(destination), suffix=".tmp", dir=destination.parent))
+        tmp.chmod(0o777 & ~umask())  # mkdtemp makes it private (0700); the data folder is as readable as any other
+        try:
+            yield tmp
+            old = None
+            if destination.exists():
+                old = Path(tempfile.mkdtemp(prefix=temp_name(destination), suffix=".old.tmp", dir=destination.parent))
+                os.replace(destination, old)
+            os.replace(tmp, destination)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _restore_moved_aside(destination: Path) -> None:
+    """Put back the newest previous dataset that `replace_dir` moved aside (`.old.tmp`) before it was killed."""
+    olds = [p for p in stale_temps(destination) if p.name.endswith(".old.tmp") and (p / META_NAME).is_file()]
+    olds.sort(key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], destination)
 
 
 def read_meta(data_dir: Path) -> dict[str, Any]:

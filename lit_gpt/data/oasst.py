@@ -64,7 +64,10 @@ def _conversation(record: Record, root: dict[str, Any]) -> Example | Skip:
         texts.append(record.string(message.get("text"), f"text of message {message.get('message_id')}"))
     turns = tuple(Turn(texts[i], texts[i + 1]) for i in range(0, len(texts), 2))
     empty = next((f"empty text in message {m.get('message_id')}" for m in path if not m["text"].strip()), None)
-    return Example(turns, record.row, record.line, category=root.get("lang"), problem=empty)
+    lang = root.get("lang")
+    if lang is not None:
+        lang = record.string(lang, f"lang of message {root.get('message_id')}")
+    return Example(turns, record.row, record.line, category=lang, problem=empty)
 
 
 def _best_path(record: Record, message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -77,6 +80,10 @@ def _best_path(record: Record, message: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{record.where()}: 'replies' of message {message.get('message_id')} must be a list of messages"
             )
         usable = [r for r in replies if not r.get("deleted") and r.get("review_result") is not False]
+        for reply in usable:
+            if reply.get("rank") is not None and (type(reply["rank"]) is not int):
+                raise UserError(f"{record.where()}: 'rank' of message {reply.get('message_id')} must be a whole number "
+                                f"or null, found {reply['rank']!r}")
         if not usable:
             return path
         message = min(usable, key=lambda r: (r.get("rank") is None, r.get("rank") or 0))

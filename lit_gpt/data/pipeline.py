@@ -84,7 +84,8 @@ def prepare(
     style = load_prompt_style(prompt_style, tokenizer)
     encoder = SegmentEncoder(tokenizer)
     destination_path = Path(destination_path)
-    check_destination(destination_path)
+    # what the run reads must survive the folder's replacement
+    check_destination(destination_path, [checkpoint_dir] + ([Path(data_file)] if data_file is not None else []))
     hub = None
     if data_file is None:
         data_file = download(source, access_token)
@@ -227,24 +228,29 @@ def split_rows(text_hashes: Sequence[str], test_split_fraction: float, seed: int
 
 
 def download(source: Source, access_token: str | None) -> Path:
-    """The source's public file from the Hugging Face Hub, through its cache (a second run reads it locally)."""
+    """The source's public file from the Hugging Face Hub, kept in HF_HOME/lit_gpt/datasets/ORG/NAME (a second run
+    fetches it again only when it changed, and uses it as it is without a connection)."""
     if source.hub_repo_id is None or source.hub_filename is None:
         raise UserError(f"pass --data_file with your {source.name} data file")
-    from huggingface_hub import constants, hf_hub_download
+    import httpx2
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
-        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
     )
+
+    from lit_gpt.download import download_file
 
     repo, name = source.hub_repo_id, source.hub_filename
     page = f"{constants.ENDPOINT}/datasets/{repo}"
     local = "or download it yourself and pass --data_file"
     print(f"Downloading {name} from {page} (pass --data_file to use a local copy)", file=sys.stderr)
     try:
-        return Path(hf_hub_download(repo, name, repo_type="dataset", token=access_token))
+        local_dir = Path(constants.HF_HOME) / "lit_gpt" / "datasets" / repo
+        return download_file(repo, name, local_dir, repo_type="dataset", token=access_token)
     except GatedRepoError:  # before RepositoryNotFoundError, its parent class
         raise UserError(
             f"the dataset {repo} is gated: accept its terms at {page} while logged in, then pass --access_token or "
@@ -257,7 +263,7 @@ def download(source: Source, access_token: str | None) -> Path:
     except HfHubHTTPError as e:
         status = e.response.status_code
         raise UserError(f"the Hub answered HTTP {status} for {repo}/{name}; try again later, {local}") from None
-    except LocalEntryNotFoundError:  # no connection (or offline mode) and nothing in the cache
+    except (httpx2.TransportError, OfflineModeIsEnabled):  # no connection (or offline mode) and no earlier copy
         raise UserError(f"cannot reach the Hub at {constants.ENDPOINT} to download {repo}/{name}; {local}") from None
 
 
