@@ -13,6 +13,9 @@ from typing import Any, Callable, Iterator, Sequence
 LIT_CONFIG_NAME = "lit_config.json"
 LIT_WEIGHTS_NAME = "lit_model.safetensors"
 
+# what to do when a --checkpoint_dir does not exist: every script says the same
+DOWNLOAD_HINT = "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME"
+
 
 class UserError(Exception):
     """A mistake the user can fix. Scripts print it as one line (no traceback) and exit with status 1.

@@ -1,10 +1,8 @@
-"""finetune/lora.py end to end on a tiny model, and the pieces it is built from (batches, loss, schedule)."""
+"""finetune/lora.py end to end on a tiny model (its pieces: test_batching.py, test_training.py, test_packing.py)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import math
 import os
 import signal
 import subprocess
@@ -15,26 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_gpt.batching import EpochStream, pad_collate, step_batches
-from lit_gpt.data.tokenize import IGNORE_INDEX
-from lit_gpt.training import effective_warmup, lr_at, masked_loss_sum
-
+from helpers import ROOT, load_script
 from prepare_helpers import CHATML, tiny_bpe_checkpoint
 
-transformers = pytest.importorskip("transformers")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = _load_script("finetune/lora.py")
-generate_script = _load_script("generate/base.py")
+finetune = load_script("finetune/lora.py")
+generate_script = load_script("generate/base.py")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +26,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from lit_gpt.convert import convert_hf_checkpoint
     from lit_gpt.data import ALPACA, prepare
 
+    transformers = pytest.importorskip("transformers")
     root = tmp_path_factory.mktemp("finetune")
     checkpoint = tiny_bpe_checkpoint(root / "checkpoint", bos=False, chat_template=CHATML)
     hf_config = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -244,124 +228,12 @@ def test_data_for_another_tokenizer_is_refused(workspace: dict[str, Path], tmp_p
         _train({**workspace, "checkpoint": other}, tmp_path / "out")
 
 
-# ------------------------------------------------------------------------------------ the pieces
-
-
-def test_padding_and_masked_positions_do_not_change_the_loss() -> None:
-    torch.manual_seed(0)
-    from lit_gpt.config import Config
-    from lit_gpt.model import GPT
-
-    model = GPT(Config(vocab_size=50, n_layer=1, n_embd=16, n_head=2, intermediate_size=32, block_size=32)).eval()
-    a = {"input_ids": torch.tensor([1, 5, 7, 9, 2]), "labels": torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 7, 9, 2])}
-    b = {"input_ids": torch.tensor([1, 8, 3, 2]), "labels": torch.tensor([IGNORE_INDEX, 8, 3, 2])}
-    with torch.no_grad():
-        separate = [masked_loss_sum(model(s["input_ids"][None]), s["labels"][None]) for s in (a, b)]
-        batch = pad_collate([a, b], pad_id=0)
-        together = masked_loss_sum(model(batch["input_ids"]), batch["labels"])
-        # the pad token id changes nothing either
-        batch_other_pad = pad_collate([a, b], pad_id=33)
-        other = masked_loss_sum(model(batch_other_pad["input_ids"]), batch_other_pad["labels"])
-    assert together[1] == separate[0][1] + separate[1][1] == 6
-    torch.testing.assert_close(together[0], separate[0][0] + separate[1][0])
-    torch.testing.assert_close(other[0], together[0])
-
-
-def test_schedule_warms_up_and_reaches_its_minimum_exactly_at_the_last_step() -> None:
-    lrs = [lr_at(step, 50, 1e-3, 5, min_lr=1e-5) for step in range(1, 51)]
-    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)
-    assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))  # monotone decay after warm-up
-    assert lrs[-1] == 1e-5 and min(lrs[:-1]) > 1e-5
-    assert effective_warmup(100, 8) == 4 and effective_warmup(10, 1000) == 10
-
-
-def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
-    stream = EpochStream(n=10, batch_size=4, seed=7)
-    seen = [i for step in range(5) for i in stream.step(step)]  # 20 examples = 2 epochs
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
-    assert seen[:10] != seen[10:]  # reshuffled
-    assert EpochStream(n=10, batch_size=4, seed=7).step(3) == stream.step(3)  # the position is the step
-    samples = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in (3, 5, 2)]
-    assert [b["input_ids"].shape for b in step_batches(samples, 2, max_seq_length=4)] == [(2, 4), (1, 2)]
-    assert math.isclose(stream.epoch_of(5), 2.0)
-    # epochs end exactly: 3 epochs of 10 at 4 a step are 8 steps, the last one of the 2 examples left
-    bounded = EpochStream(n=10, batch_size=4, seed=7, total=30)
-    steps = [bounded.step(step) for step in range(bounded.steps())]
-    assert bounded.steps() == 8 and [len(s) for s in steps] == [4] * 7 + [2]
-    seen = [i for s in steps for i in s]
-    assert all(sorted(seen[e * 10 : (e + 1) * 10]) == list(range(10)) for e in range(3))
-    assert steps[:5] == [stream.step(step) for step in range(5)]
-    assert math.isclose(bounded.epoch_of(8), 3.0) and math.isclose(bounded.epoch_of(7), 2.8)
-
-
 def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path: Path) -> None:
     from lit_gpt.utils import UserError
 
     _train(workspace, tmp_path / "out", max_iters=4)
     with pytest.raises(UserError, match="resume with the same LoRA settings"):
         _train(workspace, tmp_path / "out", max_iters=8, lora_r=4, resume=True)
-
-
-@pytest.mark.parametrize("order", ["none", "length", "source", "category"])
-def test_orders_are_deterministic_and_respect_their_key(order: str) -> None:
-    from lit_gpt.batching import epoch_order
-
-    keys = {"none": None, "length": [5, 1, 9, 1, 3, 7], "source": list("aabbba"), "category": list("xyxyxz")}[order]
-    first, again, later = (epoch_order(6, 3, e, order, keys) for e in (0, 0, 1))
-    assert first == again and sorted(first) == list(range(6))
-    if order == "none":
-        assert first == later == list(range(6))
-    elif order == "length":
-        assert [keys[i] for i in first] == sorted(keys)
-        assert [keys[i] for i in epoch_order(6, 3, 0, order, keys, descending=True)] == sorted(keys, reverse=True)
-    else:
-        assert [keys[i] for i in first] == sorted(keys)  # blocked, groups by name
-        assert first != later  # reshuffled within groups per epoch
-
-
-def test_length_grouped_order_cuts_padding_and_stays_random() -> None:
-    from lit_gpt.batching import EpochStream, pad_collate
-
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(5, 400, (1000,), generator=g).tolist()
-    samples = [{"input_ids": torch.zeros(n, dtype=torch.long), "labels": torch.zeros(n, dtype=torch.long)}
-               for n in lengths]
-
-    def padding(order: str, epoch: int = 0) -> tuple[float, list[int]]:
-        stream = EpochStream(1000, batch_size=8, seed=3, order=order, keys=lengths)
-        steps = [stream.step(s) for s in range(epoch * 125, (epoch + 1) * 125)]
-        padded = sum(pad_collate([samples[i] for i in step])["input_ids"].numel() for step in steps)
-        return 1 - sum(lengths) / padded, [i for step in steps for i in step]
-
-    shuffled, _ = padding("shuffle")
-    grouped, first = padding("length_grouped")
-    _, second = padding("length_grouped", epoch=1)
-    assert sorted(first) == sorted(second) == list(range(1000))  # every example once per epoch
-    assert shuffled > 0.4 and grouped < 0.05  # padding share of the padded batches
-    assert first != second and first == padding("length_grouped")[1]  # reshuffled per epoch, deterministic
-    # no curriculum: the first and last 100 steps of the epoch are about equally long on average
-    mean = [sum(lengths[i] for i in part) / len(part) for part in (first[:400], first[-400:])]
-    assert abs(mean[0] - mean[1]) < 40
-
-
-def test_interleaved_groups_spread_evenly() -> None:
-    from lit_gpt.batching import epoch_order
-
-    keys = ["lima"] * 8 + ["dolly"] * 4
-    order = epoch_order(12, 0, 0, "source", keys, interleave=True)
-    assert "".join("D" if keys[i] == "dolly" else "L" for i in order) in ("LDLLDLLDLLDL", "DLLDLLDLLDLL", "LLDLLDLLDLLD")
-
-
-def test_neftune_noise_only_while_training() -> None:
-    from lit_gpt.training import neftune_hook
-
-    embed = torch.nn.Embedding(10, 8)
-    embed.register_forward_hook(neftune_hook(5.0))
-    idx = torch.tensor([[1, 2, 3, 4]])
-    clean = embed.eval()(idx)
-    noisy = embed.train()(idx)
-    noise = noisy - clean
-    assert noise.abs().max() <= 5.0 / (4 * 8) ** 0.5 and noise.abs().max() > 0.1
 
 
 def test_every_epoch_saves_an_adapter_and_answers_the_dev_prompts(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -391,21 +263,6 @@ def test_epochs_end_exactly(workspace: dict[str, Path], tmp_path: Path) -> None:
     assert len(train) == 32 and result["steps"] == len(steps) == 11
     assert sum(m["tokens_real"] for m in steps) == 2 * int(train.lengths.sum())
     assert steps[-1]["epoch"] == 2.0 and steps[-1]["lr"] == 0.0
-
-
-def test_early_stopping_counts_epochs_since_the_best(tmp_path: Path) -> None:
-    from lit_gpt.training import EpochTracker
-
-    tracker = EpochTracker(tmp_path, patience=2)
-    stops = []
-    for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.1, 2.6], 1):
-        tracker.record(epoch, epoch * 10, loss, {})
-        stops.append(tracker.should_stop())
-    assert stops == [False, False, False, True, True] and tracker.best_epoch == 2
-    restored = EpochTracker(tmp_path, patience=2)
-    restored.load_state_dict(tracker.state_dict())
-    assert restored.should_stop() and restored.best_epoch == 2
-    assert not EpochTracker(tmp_path, patience=None).should_stop()
 
 
 def test_training_stops_early_when_validation_stops_improving(workspace: dict[str, Path], tmp_path: Path) -> None:
