@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 
 from lit_gpt.data.scores import read_score_column
 
 
-ORDERS = ("shuffle", "none", "length", "source", "category", "score", "length_grouped")
+Order = Literal["shuffle", "none", "length", "source", "category", "score", "length_grouped"]  # the `--order` choices
+ORDERS: tuple[str, ...] = get_args(Order)
 GROUP_ORDERS = ("source", "category")
 GROUP_WINDOW = 50  # optimizer steps per sorting window of `length_grouped`, as transformers' megabatches
 

@@ -24,21 +24,28 @@ class UserError(Exception):
     """
 
 
-def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwargs: Any) -> Any:
+def cli(function: Callable[..., Any], args: Sequence[str] | None = None, run: Callable[[Any], Any] | None = None,
+        **kwargs: Any) -> Any:
     """Run `function` as a jsonargparse CLI: its signature and docstring become the flags and `--help`.
 
-    List parameters take their values one after another (`--data_dirs a b`), as argparse's nargs="+" does.
+    `function` may also be a dataclass: its fields become the flags, each explained by the docstring written under
+    it, and the instance is returned, or passed to `run` when given (`cli(Settings, run=setup)`: errors of both
+    print as one line). List parameters take their values one after another (`--data_dirs a b`), as
+    argparse's nargs="+" does. `--config FILE.yaml` reads flags (its keys) from a file.
     """
     import typing
 
-    from jsonargparse import CLI
+    from jsonargparse import CLI, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     hints = typing.get_type_hints(function)
     lists = [name for name, hint in hints.items()
              if typing.get_origin(hint) is list or any(typing.get_origin(a) is list for a in typing.get_args(hint))]
     try:
         argv = sys.argv[1:] if args is None else args
-        return CLI(function, as_positional=False, args=expand_list_flags(argv, lists), **kwargs)
+        parsed = CLI(function, as_positional=False, args=expand_list_flags(argv, lists), **kwargs)
+        return parsed if run is None else run(parsed)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

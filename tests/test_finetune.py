@@ -1,20 +1,16 @@
 """finetune/lora.py end to end on a tiny model (its pieces: test_batching.py, test_training.py, test_packing.py)."""
 from __future__ import annotations
 
-import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import ROOT, load_script
-from prepare_helpers import CHATML, tiny_bpe_checkpoint
+from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
+from prepare_helpers import tiny_bpe_checkpoint
 
 finetune = load_script("finetune/lora.py")
 generate_script = load_script("generate/base.py")
@@ -22,50 +18,20 @@ generate_script = load_script("generate/base.py")
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny converted Llama-style checkpoint with a real BPE tokenizer and ChatML template, and Alpaca data."""
-    from lit_gpt.convert import convert_hf_checkpoint
-    from lit_gpt.data import ALPACA, prepare
-
-    transformers = pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("finetune")
-    checkpoint = tiny_bpe_checkpoint(root / "checkpoint", bos=False, chat_template=CHATML)
-    hf_config = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(hf_config).save_pretrained(checkpoint)
-    convert_hf_checkpoint(checkpoint)
-
-    rows = [{"instruction": f"Name color number {i}.", "input": "" if i % 3 else "The sky is blue.",
-             "output": ["Red.", "Blue, yellow.", "Green and blue.", "Yellow"][i % 4] * (1 + i % 3)} for i in range(40)]
-    (root / "alpaca.json").write_text(json.dumps(rows))
-    data = root / "data"
-    prepare(ALPACA, checkpoint_dir=checkpoint, destination_path=data, data_file=root / "alpaca.json",
-            test_split_fraction=0.2)
-    return {"root": root, "checkpoint": checkpoint, "data": data}
+    return finetune_workspace(tmp_path_factory.mktemp("finetune"))
 
 
 def _settings(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
-    """The tests' finetuning settings: tiny model, 16 micro-batches of 2, checkpoints and validation every 4 steps."""
-    return dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir,
-                precision="32-true", batch_size=4, micro_batch_size=2, max_iters=16, warmup_steps=2, learning_rate=3e-3,
-                lora_dropout=0.1, eval_interval=4, eval_iters=2, save_interval=4) | overrides
+    return finetune_settings(workspace, out_dir, **({"lora_dropout": 0.1} | overrides))
 
 
 def _train(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
-    return finetune.setup(**_settings(workspace, out_dir, **overrides))
+    return finetune.setup(finetune.Settings(**_settings(workspace, out_dir, **overrides)))
 
 
 def _command(workspace: dict[str, Path], out_dir: Path, **overrides) -> list[str]:
     """`python finetune/lora.py ...` with the same settings, for runs in processes of their own."""
-    flags = _settings(workspace, out_dir, **overrides).items()
-    return [sys.executable, "finetune/lora.py", *(x for k, v in flags for x in (f"--{k}", str(v)))]
-
-
-def _losses(csv_path: Path, key: str = "train_loss") -> dict[int, float]:
-    """Per-step training (or validation) loss from the CSV log; a resumed run re-logs the steps after its checkpoint,
-    last wins."""
-    with csv_path.open() as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+    return script_command("finetune/lora.py", _settings(workspace, out_dir, **overrides))
 
 
 def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -77,7 +43,7 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
     for name in ("lit_lora.safetensors", "training_state.pt", "loss.png", "metrics.csv"):
         assert (tmp_path / "out" / name).is_file(), name
     assert list((tmp_path / "out" / "logs").glob("events.out.tfevents.*"))  # TensorBoard
-    assert set(_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
+    assert set(csv_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
     # the schedule ended at its minimum on the last step
     assert history[-1]["lr"] == 0.0
 
@@ -93,38 +59,17 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
     assert len(tuned) == len(base) == 1 and tuned != base, (tuned, base)
 
 
-def _kill_at(cmd: list[str], prefix: str, timeout: float = 600) -> None:
-    """Run `cmd` and SIGKILL it, with every process it started (the other ranks), once it prints a line starting
-    with `prefix`. The child is unbuffered whatever the caller's environment, so each line arrives as it is printed."""
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True) as process:
-        kill = lambda: os.killpg(process.pid, signal.SIGKILL)  # noqa: E731  (its own session: rank 0 and its children)
-        watchdog = threading.Timer(timeout, kill)  # a hung run fails the test instead of hanging it
-        watchdog.start()
-        lines = []
-        try:
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith(prefix):
-                    kill()
-                    break
-        finally:
-            watchdog.cancel()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL and lines and lines[-1].startswith(prefix), "".join(lines[-30:])
-
-
 def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
     """SIGKILL a run after a checkpoint, resume it: every step's loss equals an uninterrupted run's (CPU, fp32)."""
     _train(workspace, tmp_path / "full", save_interval=1)
-    expected = _losses(tmp_path / "full" / "metrics.csv")
+    expected = csv_losses(tmp_path / "full" / "metrics.csv")
 
     cmd = _command(workspace, tmp_path / "killed", save_interval=1)
-    _kill_at(cmd, "step 5 |")
+    kill_at(cmd, "step 5 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout
-    actual = _losses(tmp_path / "killed" / "metrics.csv")
+    actual = csv_losses(tmp_path / "killed" / "metrics.csv")
     assert actual.keys() == expected.keys()
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
@@ -138,7 +83,7 @@ def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path
     # 2 devices x 2 micro-batches of 1 is the same 4-example global batch as 1 device x 2 micro-batches of 2
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    one, two = _losses(tmp_path / "one" / "metrics.csv"), _losses(tmp_path / "two" / "metrics.csv")
+    one, two = csv_losses(tmp_path / "one" / "metrics.csv"), csv_losses(tmp_path / "two" / "metrics.csv")
     assert len(one) == 4 and one.keys() == two.keys()
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
@@ -153,10 +98,10 @@ def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[s
 
     full = subprocess.run(cmd("full"), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
-    _kill_at(cmd("killed"), "step 2 |")
+    kill_at(cmd("killed"), "step 2 |")
     resumed = subprocess.run(cmd("killed") + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, actual = (_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
+    expected, actual = (csv_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
     assert len(expected) == 4 and actual.keys() == expected.keys()
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
@@ -173,12 +118,12 @@ def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], t
                    save_interval=1, devices=2, strategy="fsdp")
     # 4 steps: validation and a sample generated by both ranks at step 2, training on after it; killed after step 3
     # (resumed from step 2 or 3)
-    _kill_at(cmd, "step 3 |")
+    kill_at(cmd, "step 3 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout
     for key in ("train_loss", "val_loss"):
-        one, two = (_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
+        one, two = (csv_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
         assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
         for step in one:
             assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
@@ -300,7 +245,7 @@ def test_compiled_model_trains_like_eager(workspace: dict[str, Path], tmp_path: 
     common = dict(max_iters=6, eval_interval=100, lora_dropout=0.0, packing=True, override_max_seq_length=128)
     _train(workspace, tmp_path / "eager", **common)
     _train(workspace, tmp_path / "compiled", **common, compile=True)
-    eager, compiled = (_losses(tmp_path / name / "metrics.csv") for name in ("eager", "compiled"))
+    eager, compiled = (csv_losses(tmp_path / name / "metrics.csv") for name in ("eager", "compiled"))
     assert len(eager) == 3 and compiled == pytest.approx(eager, abs=1e-5)
 
 
@@ -312,7 +257,7 @@ def test_bf16_true_trains_close_to_float32(workspace: dict[str, Path], tmp_path:
     common = dict(max_iters=8, eval_interval=100, lora_dropout=0.0, activation_checkpointing=activation_checkpointing)
     _train(workspace, tmp_path / "fp32", **common)
     _train(workspace, tmp_path / "bf16", **common, precision="bf16-true")
-    reference, bf16 = (_losses(tmp_path / name / "metrics.csv") for name in ("fp32", "bf16"))
+    reference, bf16 = (csv_losses(tmp_path / name / "metrics.csv") for name in ("fp32", "bf16"))
     assert set(bf16) == set(reference) == {1, 2, 3, 4}
     assert bf16 == pytest.approx(reference, rel=2e-2)
     assert bf16 != reference  # it did run in bf16
