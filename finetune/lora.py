@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 import torch
 
 from lit_gpt.finetune import (
-    FinetuneArgs, RunLog, dev_answers, early_stop, launch, load_base_model, load_data, load_resume_state, plan_steps,
-    prompt_of, sample, save_checkpoint, set_lr, step_metrics, train_step, validate,
+    FinetuneArgs, RunLog, check_finite, clip_gradients, dev_answers, early_stop, launch, load_base_model, load_data,
+    load_resume_state, out_dir_lock, plan_steps, prompt_of, run_identity, sample, save_checkpoint, set_lr, step_metrics,
+    train_step, validate,
 )
 from lit_gpt.fsdp import average_adapter_grads, fsdp_strategy, is_sharded
 from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRAConfig, apply_lora, lora_parameters, save_lora
@@ -80,13 +81,16 @@ def setup(args: Settings) -> dict:
         raise UserError("--quantize does not work with --strategy fsdp (FSDP cannot flatten bitsandbytes' quantized "
                         "weights); use --strategy ddp or one device")
     fabric, args = launch(args, fsdp_strategy)
-    return main(fabric, args)
+    with out_dir_lock(fabric, args.out_dir):
+        return main(fabric, args)
 
 
 def main(fabric, args: Settings) -> dict:
     out_dir, lora = args.out_dir, lora_config(args)
     data = load_data(fabric, args)
-    state = load_resume_state(args)
+    plan = plan_steps(fabric, args, data)
+    run = run_identity(args, plan, data)
+    state = load_resume_state(fabric, args, run, LORA_WEIGHTS_NAME)
     if state is not None and state["lora_config"] != dataclasses.asdict(lora):
         raise UserError(f"{out_dir} was trained with {state['lora_config']}; resume with the same LoRA settings "
                         "or pass another --out_dir")
@@ -120,28 +124,26 @@ def main(fabric, args: Settings) -> dict:
     generator, generates = (model, True) if sharded else (raw_model, fabric.global_rank == 0)
 
     # ------------------------------------------------------------------ the loop
-    plan = plan_steps(fabric, args, data)
     epochs = EpochTracker(out_dir, args.early_stopping_patience)
-    step = 0
+    step = saved = 0
     if state is not None:  # the adapter weights went in before the model was set up
         optimizer.load_state_dict(state["optimizer"])
         set_rank_rng_states(fabric, state["rng"])
         epochs.load_state_dict(state["epochs"])
-        step = state["step"]
+        step = saved = state["step"]
         fabric.print(f"Resumed from {out_dir} at step {step}")
     log = RunLog(fabric, out_dir, resumed_step=step)
     val_prompt = prompt_of(data.val[0]) if len(data.val) else None
     if step == 0:
-        log.log({"step": 0, "val_loss": validate(fabric, model, data.val, args, data.max_seq_length)})
-        fabric.print(f"step 0 | val_loss {log.history[-1]['val_loss']:.4g} (before finetuning)")
+        log.initial(validate(fabric, model, data.val, args, data.max_seq_length))
 
     while step < plan.max_steps:
         t0 = time.perf_counter()
         lr = set_lr(optimizer, plan.lr(step + 1))
         stats = train_step(fabric, model, plan.batches(fabric, data.train, step), args.lm_head_chunk_size)
         average_adapter_grads(fabric, adapter.values())  # FSDP leaves them to us (lit_gpt/fsdp.py); else a no-op
-        if args.grad_clip:
-            fabric.clip_gradients(model, optimizer, max_norm=args.grad_clip)
+        grad_norm = clip_gradients(fabric, model, optimizer, args.grad_clip)
+        check_finite(step + 1, stats["train_loss"], grad_norm, saved, out_dir)  # NaN/inf: stop before the update
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -167,9 +169,9 @@ def main(fabric, args: Settings) -> dict:
         if step % args.save_interval == 0 or step == plan.max_steps or stop:
             if fabric.global_rank == 0:
                 save_lora(adapter, lora, out_dir / LORA_WEIGHTS_NAME, data.style.name)
-            save_checkpoint(fabric, out_dir, step, {
+            saved = save_checkpoint(fabric, out_dir, step, {
                 "lora": {k: p.detach() for k, p in adapter.items()}, "lora_config": dataclasses.asdict(lora),
-                "optimizer": optimizer.state_dict(), "epochs": epochs.state_dict()})
+                "optimizer": optimizer.state_dict(), "epochs": epochs.state_dict(), "run": run})
         if stop:
             break
 

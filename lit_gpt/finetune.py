@@ -6,21 +6,30 @@ in every such script lives here, once:
     FinetuneArgs           the flags both scripts take (each script adds its own and sets its hyperparameters)
     launch                 checks the flags, starts Lightning Fabric (one process per device)
     load_data              tokenizer, train/test splits, max_seq_length, prompt style, dev prompts
-    load_base_model        the converted checkpoint, on the device (or on CPU for FSDP to shard)
     plan_steps -> Plan     how many optimizer steps, which examples each one sees, its learning rate
+    out_dir_lock           one run at a time in an out_dir
+    load_resume_state      the state to resume, checked against this run; or a fresh start (never over a run)
+    load_base_model        the converted checkpoint, on the device (or on CPU for FSDP to shard)
     train_step             one optimizer step's forwards and backwards over the micro-batches (no update)
+    clip_gradients, check_finite    the gradient norm, and a clean stop on a NaN/inf loss or gradient
     validate, sample, dev_answers    evaluation and generation while training
     RunLog                 metrics to TensorBoard, metrics.csv and stdout; the summary and the loss plot at the end
     save_checkpoint        training state (optimizer, random states, position) for --resume
+    save_model_folder      full finetuning's output: a checkpoint folder like the one it started from
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
@@ -59,7 +68,11 @@ class FinetuneArgs:
     strategy: str = "auto"
     """Fabric strategy: auto, ddp or fsdp (see each script's --help for what fsdp shards)."""
     resume: bool | Literal["auto"] = False
-    """Continue from the training state in out_dir: true (it must exist) or auto (if it exists)."""
+    """Continue from the training state in out_dir: true (it must exist) or auto (if it exists). The data, batch
+    size, learning rate schedule and number of steps must be those the run started with."""
+    overwrite: bool = False
+    """Start a new run in an out_dir that holds one, deleting that run's weights, training state, logs and epoch
+    folders (without it, such an out_dir is refused)."""
     seed: int = 1337
     """Seed for the initialization, the data order and dropout."""
 
@@ -158,19 +171,27 @@ class Data:
     max_seq_length: int  # the row length: packing fills rows up to it even when every example is shorter
     style: PromptStyle  # how the data wrapped instructions, for the dev prompts and saved weights
     dev_prompts: list[str]
+    fingerprint: str  # data_fingerprint(data_dir)
 
 
 def load_data(fabric, args: FinetuneArgs) -> Data:
     tokenizer = Tokenizer(args.checkpoint_dir)
     train = TokenizedDataset(args.data_dir, "train", tokenizer)
     val = TokenizedDataset(args.data_dir, "test", tokenizer)
+    if not len(train):
+        raise UserError(f"{args.data_dir / 'train'} has no examples; prepare the data again with more rows")
+    if not len(val):
+        if args.early_stopping_patience is not None:
+            raise UserError(f"--early_stopping_patience needs validation examples, and {args.data_dir / 'test'} has "
+                            "none; prepare the data with --test_split_fraction above 0, or leave early stopping off")
+        fabric.print(f"{args.data_dir / 'test'} has no examples: no validation, so no val_loss is reported")
     max_seq_length = args.override_max_seq_length or int(train.lengths.max())
     cut = int((train.lengths > max_seq_length).sum())
     fabric.print(f"{len(train):,} training / {len(val):,} validation examples; max_seq_length {max_seq_length} "
                  f"({cut} training examples longer than that are cut, losing their end and EOS)")
     style = load_prompt_style(train.meta.get("prompt_style", "auto"), tokenizer)
     dev = read_dev_prompts(args.dev_prompts) if args.dev_prompts else []
-    return Data(tokenizer, train, val, max_seq_length, style, dev)
+    return Data(tokenizer, train, val, max_seq_length, style, dev, data_fingerprint(args.data_dir))
 
 
 def load_base_model(fabric, args: FinetuneArgs, max_seq_length: int):
@@ -188,12 +209,112 @@ def load_base_model(fabric, args: FinetuneArgs, max_seq_length: int):
     return model
 
 
-def load_resume_state(args: FinetuneArgs) -> dict[str, Any] | None:
-    """The training state to resume from, or None for a fresh run."""
-    path = args.out_dir / STATE_NAME
+LOCK_NAME = "finetune.lock"
+
+
+@contextlib.contextmanager
+def out_dir_lock(fabric, out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir/finetune.lock` for the run, so two runs never write one out_dir at once. Rank 0 creates it
+    exclusively (O_EXCL) with its process id; a lock whose process is gone (a killed run) is stale and taken over."""
+    error = _take_lock(out_dir / LOCK_NAME) if fabric.global_rank == 0 else None
+    error = fabric.broadcast(error)
+    if error:
+        raise UserError(error)
+    try:
+        yield
+    finally:
+        if fabric.global_rank == 0 and _lock_pid(out_dir / LOCK_NAME) == os.getpid():
+            (out_dir / LOCK_NAME).unlink(missing_ok=True)
+
+
+def _take_lock(path: Path) -> str | None:
+    """None when this process now holds the lock at `path`, else why not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(3):  # a stale lock removed by another starting run as well: try again
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid = _lock_pid(path)
+            if pid is not None and _alive(pid):
+                return (f"{path.parent} is in use by another finetune run (process {pid}, see {path}); wait for it to "
+                        "end, or pass another --out_dir")
+            path.unlink(missing_ok=True)  # stale: the run that took it is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return None
+    return f"could not take {path}: other runs keep starting in {path.parent}; pass another --out_dir"
+
+
+def _lock_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):  # gone, or being written this instant
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """What identifies a prepared dataset for resuming, cheaply: its meta.json and, per split, the example
+    boundaries and provenance (each example's text hash), never the token arrays themselves."""
+    digest = hashlib.sha256()
+    for name in ("meta.json", "train/offsets.npy", "train/provenance.jsonl", "test/offsets.npy",
+                 "test/provenance.jsonl"):
+        path = data_dir / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"<missing>"))
+    return digest.hexdigest()[:16]
+
+
+def run_identity(args: FinetuneArgs, plan: Plan, data: Data) -> dict[str, Any]:
+    """What defines a run, saved in its training state: resuming with any of it changed would silently train
+    another run (other examples per step, another schedule, or nothing at all), so it is refused."""
+    return {"data": data.fingerprint, "batch_size": args.batch_size, "max_seq_length": data.max_seq_length,
+            "max_steps": plan.max_steps, "learning_rate": args.learning_rate, "min_lr": args.min_lr,
+            "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay, "order": args.order,
+            "seed": args.seed}
+
+
+def load_resume_state(fabric, args: FinetuneArgs, identity: dict[str, Any], weights_name: str) -> dict | None:
+    """The training state to resume from (checked against this run's `identity`), or None for a fresh run. A fresh
+    run never starts over a finished or resumable one in out_dir, unless --overwrite says so (it then removes it)."""
+    out_dir, path = args.out_dir, args.out_dir / STATE_NAME
     if args.resume is True and not path.is_file():
         raise UserError(f"--resume true but {path} does not exist; use --resume auto to start fresh when absent")
-    return load_state(path) if args.resume and path.is_file() else None
+    if args.resume and path.is_file():
+        state = load_state(path)
+        for key, value in identity.items():
+            saved = state.get("run", {}).get(key, value)  # states written before this check have no "run"
+            if saved != value:
+                what = f"data ({args.data_dir} changed, or is another dataset)" if key == "data" else key
+                raise UserError(f"--resume: {path} was trained with {what} {saved!r}, this run has {value!r}; resume "
+                                f"with the same {key}, or start a new run with another --out_dir")
+        return state
+    existing = [name for name in (STATE_NAME, weights_name) if (out_dir / name).is_file()]
+    if existing and not args.overwrite:
+        raise UserError(f"{out_dir} already holds a run ({existing[0]}); pass --resume true (or auto) to continue "
+                        "it, another --out_dir for a new run, or --overwrite true to replace it")
+    if existing and fabric.global_rank == 0:
+        _remove_run(out_dir, weights_name)
+    fabric.barrier()
+    return None
+
+
+def _remove_run(out_dir: Path, weights_name: str) -> None:
+    """What a finetune run writes into out_dir, and nothing else."""
+    for name in (STATE_NAME, weights_name, "metrics.csv", "loss.png", "dev_generations.md", "dev_generations.jsonl"):
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in [out_dir / "logs", *out_dir.glob("epoch-*")]:
+        if folder.is_dir():
+            shutil.rmtree(folder)
 
 
 # ------------------------------------------------------------------------------------ the steps
@@ -236,12 +357,19 @@ def plan_steps(fabric, args: FinetuneArgs, data: Data) -> Plan:
                          descending=args.order_descending, interleave=args.order_interleave,
                          total=None if args.max_iters is not None else args.epochs * len(data.train))
     # max_iters counts micro-batches; epochs end exactly, the last step taking what is left of the last epoch
-    max_steps = max(1, args.max_iters // accumulation) if args.max_iters is not None else stream.steps()
+    if args.max_iters is not None and args.max_iters < accumulation:
+        raise UserError(f"--max_iters {args.max_iters} is less than one optimizer step: max_iters x micro_batch_size "
+                        f"x devices / batch_size = {args.max_iters} x {args.micro_batch_size} x {world} / "
+                        f"{args.batch_size} = {args.max_iters * args.micro_batch_size * world / args.batch_size:.2f} "
+                        f"steps; pass --max_iters {accumulation} or more, or a smaller --batch_size")
+    max_steps = args.max_iters // accumulation if args.max_iters is not None else stream.steps()
     warmup = effective_warmup(args.warmup_steps, max_steps)
     fabric.print(f"{max_steps} optimizer steps of {args.batch_size} examples ({accumulation} accumulated "
                  f"micro-batches of {args.micro_batch_size} on each of {world} device(s)), "
                  f"{stream.epoch_of(max_steps):.2f} epochs; {warmup} warm-up steps"
-                 + (f" (warmup_steps {args.warmup_steps} capped at half the run)" if warmup < args.warmup_steps else ""))
+                 + (f" (warmup_steps {args.warmup_steps} capped at half the run)" if warmup < args.warmup_steps else "")
+                 + (f"; the last {args.max_iters % accumulation} of --max_iters {args.max_iters} do not fill a step "
+                    "and are not run" if args.max_iters is not None and args.max_iters % accumulation else ""))
     return Plan(stream, max_steps, warmup, accumulation, args, data.max_seq_length)
 
 
@@ -286,12 +414,32 @@ def train_step(fabric, model, batches: list[dict[str, torch.Tensor]], chunk_size
     return {"train_loss": train_loss, "tokens_padded": padded, "tokens_real": real, "tokens_trainable": global_tokens}
 
 
+def clip_gradients(fabric, model, optimizer, grad_clip: float) -> float:
+    """Clip the gradients to norm `grad_clip` (0: no clipping) and return their norm before clipping, over all
+    devices: measured either way, so that `check_finite` sees a NaN or inf gradient before the update."""
+    norm = fabric.clip_gradients(model, optimizer, max_norm=grad_clip or math.inf, error_if_nonfinite=False)
+    return float(norm)
+
+
+def check_finite(step: int, train_loss: float, grad_norm: float, saved_step: int | None, out_dir: Path) -> None:
+    """Stop the run (one line, exit status 1) before the update of optimizer step `step` when its loss or gradient
+    is not finite: the weights are still the last finite ones, and nothing non-finite is ever saved."""
+    bad = [f"{name} is {value}" for name, value in (("training loss", train_loss), ("gradient norm", grad_norm))
+           if not math.isfinite(value)]
+    if bad:
+        kept = (f"the checkpoint of step {saved_step} in {out_dir} is kept (--resume true continues from it)"
+                if saved_step else "nothing was saved")
+        raise UserError(f"step {step}: the {bad[0]}, so the run stopped before updating the weights; {kept}. Lower "
+                        "--learning_rate, and keep --grad_clip above 0")
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 
 @torch.no_grad()
-def validate(fabric, model, val: TokenizedDataset, args: FinetuneArgs, max_seq_length: int) -> float:
-    """Mean loss per trainable token over the first `eval_iters` x `micro_batch_size` validation examples."""
+def validate(fabric, model, val: TokenizedDataset, args: FinetuneArgs, max_seq_length: int) -> float | None:
+    """Mean loss per trainable token over the first `eval_iters` x `micro_batch_size` validation examples; None when
+    there is nothing to validate on (never a loss of 0)."""
     model.eval()
     total, tokens = torch.zeros((), device=fabric.device), 0
     # the same examples whether packed or not, so validation losses compare across runs
@@ -303,7 +451,8 @@ def validate(fabric, model, val: TokenizedDataset, args: FinetuneArgs, max_seq_l
         tokens += n
     model.train()
     tokens = int(fabric.all_reduce(torch.tensor(tokens, device=fabric.device), reduce_op="sum"))
-    return float(fabric.all_reduce(total, reduce_op="sum")) / max(tokens, 1)
+    total = float(fabric.all_reduce(total, reduce_op="sum"))
+    return total / tokens if tokens else None
 
 
 def prompt_of(example: dict) -> torch.Tensor:
@@ -350,7 +499,14 @@ class RunLog:
         self.history: list[dict[str, Any]] = []
         self.start = time.perf_counter()
 
+    def initial(self, val_loss: float | None) -> None:
+        """The validation loss before finetuning (step 0), when there is validation data."""
+        if val_loss is not None:
+            self.log({"step": 0, "val_loss": val_loss})
+            self.fabric.print(f"step 0 | val_loss {val_loss:.4g} (before finetuning)")
+
     def log(self, metrics: dict[str, Any]) -> None:
+        metrics = {k: v for k, v in metrics.items() if v is not None}  # e.g. no val_loss without validation data
         self.fabric.log_dict(metrics, step=metrics["step"])
         if self.csv:
             self.csv.log(metrics)
@@ -358,7 +514,7 @@ class RunLog:
 
     def step(self, metrics: dict[str, Any]) -> None:
         self.log(metrics)
-        self.fabric.print(" | ".join(_fmt(k, v) for k, v in metrics.items()))
+        self.fabric.print(" | ".join(_fmt(k, v) for k, v in metrics.items() if v is not None))
 
     def finish(self, steps: int, weights: Path) -> dict[str, Any]:
         for logger in self.fabric.loggers:
@@ -396,14 +552,39 @@ def early_stop(fabric, tracker: EpochTracker, patience: int | None) -> bool:
     return stop
 
 
-def save_checkpoint(fabric, out_dir: Path, step: int, state: dict[str, Any]) -> None:
+def save_checkpoint(fabric, out_dir: Path, step: int, state: dict[str, Any]) -> int:
     """Write the training state (`state` plus `step` and every rank's random states) atomically on rank 0; call on
-    every rank after the weights are written, so the state never points past the weights beside it."""
+    every rank after the weights are written, so the state never points past the weights beside it. Returns `step`."""
     rng = all_rng_states(fabric)  # on every rank, before rank 0 writes them all
     if fabric.global_rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_state(out_dir / STATE_NAME, {"step": step, "rng": rng, **state})
     fabric.barrier()
+    return step
+
+
+PROMPT_STYLE_NAME = "prompt_style.json"
+
+
+def save_model_folder(model, base_dir: Path, folder: Path, prompt_style: str) -> None:
+    """Write a checkpoint folder of `model`'s weights that every script takes as --checkpoint_dir (generate, chat,
+    finetune again, convert_lit_checkpoint): lit_model.safetensors (a tied head stored once, as the embedding),
+    lit_config.json, the base folder's tokenizer, generation and Hugging Face config files, and the prompt style the
+    model was finetuned with (prompt_style.json)."""
+    from lit_gpt.checkpoint import save_weights
+    from lit_gpt.convert import check_state_dict
+    from lit_gpt.export import _copy_base_files
+    from lit_gpt.utils import LIT_WEIGHTS_NAME, atomic_write_json
+
+    state = {name: t.detach() for name, t in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]  # the same tensor as embed.weight
+    check_state_dict(state, model.config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(state, folder / LIT_WEIGHTS_NAME)
+    model.config.save(folder)
+    _copy_base_files(base_dir, folder, untie=False)
+    atomic_write_json(folder / PROMPT_STYLE_NAME, {"prompt_style": prompt_style})
 
 
 def plot_losses(rows: list[dict[str, str]], path: Path) -> None:

@@ -20,6 +20,7 @@ def load_script(path: str) -> ModuleType:
     entry function in-process. Named `<stem>_script`, so it never shadows a library module of the same stem."""
     spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and jsonargparse look their module up by name
     spec.loader.exec_module(module)
     return module
 

@@ -44,8 +44,8 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
         assert (tmp_path / "out" / name).is_file(), name
     assert list((tmp_path / "out" / "logs").glob("events.out.tfevents.*"))  # TensorBoard
     assert set(csv_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
-    # the schedule ended at its minimum on the last step
-    assert history[-1]["lr"] == 0.0
+    # the schedule decayed towards its minimum (0), without spending the last step at it
+    assert 0 < history[-1]["lr"] < 0.01 * max(m["lr"] for m in history)
 
     # generation with the adapter reads its hyperparameters and prompt style from the file, and applies the adapter:
     # the base model, given the same prompt in the same style, answers otherwise
@@ -156,6 +156,9 @@ def test_bad_inputs_are_one_line_errors(workspace: dict[str, Path], tmp_path: Pa
          "does not exist"),
         (["--data_dir", str(workspace["data"]), "--strategy", "fsdp", "--quantize", "bnb.nf4"],
          "does not work with --strategy fsdp"),
+        (["--data_dir", str(workspace["data"]), "--out_dir", str(tmp_path / "o"), "--max_iters", "5"],
+         "--max_iters 5 is less than one optimizer step: max_iters x micro_batch_size x devices / batch_size = "
+         "5 x 1 x 1 / 16 = 0.31 steps"),
     ]
     for args, message in cases:
         result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -178,7 +181,7 @@ def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path
 
     _train(workspace, tmp_path / "out", max_iters=4)
     with pytest.raises(UserError, match="resume with the same LoRA settings"):
-        _train(workspace, tmp_path / "out", max_iters=8, lora_r=4, resume=True)
+        _train(workspace, tmp_path / "out", max_iters=4, lora_r=4, resume=True)
 
 
 def test_every_epoch_saves_an_adapter_and_answers_the_dev_prompts(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -207,7 +210,7 @@ def test_epochs_end_exactly(workspace: dict[str, Path], tmp_path: Path) -> None:
     steps = [m for m in result["history"] if "tokens_real" in m]
     assert len(train) == 32 and result["steps"] == len(steps) == 11
     assert sum(m["tokens_real"] for m in steps) == 2 * int(train.lengths.sum())
-    assert steps[-1]["epoch"] == 2.0 and steps[-1]["lr"] == 0.0
+    assert steps[-1]["epoch"] == 2.0 and 0 < steps[-1]["lr"] < steps[-2]["lr"]
 
 
 def test_training_stops_early_when_validation_stops_improving(workspace: dict[str, Path], tmp_path: Path) -> None:

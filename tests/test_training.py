@@ -1,6 +1,7 @@
 """What every finetune loop shares (lit_gpt/training.py): the masked loss, the schedule, NEFTune, early stopping."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -31,11 +32,15 @@ def test_padding_and_masked_positions_do_not_change_the_loss() -> None:
     torch.testing.assert_close(other[0], together[0])
 
 
-def test_schedule_warms_up_and_reaches_its_minimum_exactly_at_the_last_step() -> None:
-    lrs = [lr_at(step, 50, 1e-3, 5, min_lr=1e-5) for step in range(1, 51)]
-    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)
-    assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))  # monotone decay after warm-up
-    assert lrs[-1] == 1e-5 and min(lrs[:-1]) > 1e-5
+def test_schedule_warms_up_and_decays_to_its_minimum_just_after_the_last_step() -> None:
+    lrs = [lr_at(step, 50, 1e-3, 5, min_lr=1e-5) for step in range(1, 52)]
+    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == lrs[5] == pytest.approx(1e-3)
+    assert all(x > y for x, y in zip(lrs[5:], lrs[6:]))  # strictly decaying after warm-up
+    # step 51 is never taken: every step of the run trains, the last one at a small but real rate
+    assert lrs[50] == 1e-5 and lrs[49] > 1e-5
+    assert lrs[49] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * 44 / 45)))
+    # a one-step run, with or without warm-up, trains at a learning rate above 0
+    assert lr_at(1, 1, 1e-3, effective_warmup(10, 1)) == 1e-3
     assert effective_warmup(100, 8) == 4 and effective_warmup(10, 1000) == 10
 
 
