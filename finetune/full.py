@@ -39,6 +39,7 @@ class Settings(FinetuneArgs):
     min_lr: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    override_max_seq_length: int | None = None  # None: the longest training example; 2048 bounds memory
     # ------------------------------------------------------------------------------------
     out_dir: Path = Path("out/full")
 

@@ -45,6 +45,7 @@ class Settings(FinetuneArgs):
     min_lr: float = 0.0
     weight_decay: float = 0.01
     grad_clip: float = 1.0
+    override_max_seq_length: int | None = None  # None: the longest training example; 2048 bounds memory
     lora_r: int = 8
     """Rank of the LoRA update."""
     lora_alpha: float = 16
@@ -89,11 +90,8 @@ def main(fabric, args: Settings) -> dict:
     out_dir, lora = args.out_dir, lora_config(args)
     data = load_data(fabric, args)
     plan = plan_steps(fabric, args, data)
-    run = run_identity(args, plan, data)
+    run = run_identity(args, plan, data) | dataclasses.asdict(lora)  # a resumed run must be this one
     state = load_resume_state(fabric, args, run, LORA_WEIGHTS_NAME)
-    if state is not None and state["lora_config"] != dataclasses.asdict(lora):
-        raise UserError(f"{out_dir} was trained with {state['lora_config']}; resume with the same LoRA settings "
-                        "or pass another --out_dir")
 
     # ------------------------------------------------------------------ model and LoRA
     model = load_base_model(fabric, args, data.max_seq_length)

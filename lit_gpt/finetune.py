@@ -95,9 +95,9 @@ class FinetuneArgs:
     """AdamW weight decay on the trained parameters."""
     grad_clip: float
     """Maximum gradient norm (0 disables clipping)."""
+    override_max_seq_length: int | None
+    """Cut training examples at this many tokens (None: the longest example); e.g. 2048 bounds memory."""
 
-    override_max_seq_length: int | None = None
-    """Cut training examples at this many tokens (None: the longest example)."""
     eval_interval: int = 50
     """Optimizer steps between validation loss + sample generation."""
     eval_iters: int = 100
@@ -124,10 +124,10 @@ class FinetuneArgs:
     dev_prompts: Path | None = None
     """A JSON list (or one-per-line text file) of instructions answered with greedy decoding after every epoch,
     written side by side to out_dir/dev_generations.md to pick an epoch by reading answers."""
-    packing: bool = False
+    packing: bool = True
     """Pack each micro-batch's examples into one row of up to micro_batch_size x max_seq_length tokens, with
-    attention confined to each example and positions restarting: the loss is the same as padded, with no padding
-    tokens at all."""
+    attention confined to each example and positions restarting: the same examples per step and the same loss as
+    padded, with no padding tokens at all (false: pad each micro-batch to its longest example)."""
     lm_head_chunk_size: int = 128
     """Compute the output head and loss on this many trainable positions at a time (masked prompt tokens and padding
     skipped), so the full tokens x vocabulary logits are never held at once; 0 computes the full logits."""

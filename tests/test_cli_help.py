@@ -50,3 +50,14 @@ def test_yaml_config_sets_flags(tmp_path: Path) -> None:
     settings = cli(lora.Settings, args=["--config", str(config), "--lora_alpha", "8"])
     assert (settings.learning_rate, settings.lora_r, settings.lora_alpha, settings.order) == (1e-3, 4, 8, "length")
     assert settings.batch_size == lora.Settings(checkpoint_dir=Path("x")).batch_size == 16  # the script's default
+
+
+def test_the_walkthrough_edits_are_lines_of_the_script() -> None:
+    """The walkthrough tells users to edit `override_max_seq_length = None` and `max_iters` at the top of
+    finetune/lora.py: both are lines there, and the Settings defaults."""
+    lora = load_script("finetune/lora.py")
+    source = (Path(__file__).resolve().parents[1] / "finetune" / "lora.py").read_text()
+    top = source[: source.index("def setup(")]
+    assert "    override_max_seq_length: int | None = None" in top and "    max_iters: int | None = None" in top
+    defaults = lora.Settings(checkpoint_dir=Path("x"))
+    assert defaults.override_max_seq_length is None and defaults.max_iters is None

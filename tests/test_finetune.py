@@ -180,7 +180,7 @@ def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path
     from lit_gpt.utils import UserError
 
     _train(workspace, tmp_path / "out", max_iters=4)
-    with pytest.raises(UserError, match="resume with the same LoRA settings"):
+    with pytest.raises(UserError, match="trained with lora_r 8, this run has 4; resume with the same lora_r"):
         _train(workspace, tmp_path / "out", max_iters=4, lora_r=4, resume=True)
 
 
@@ -229,7 +229,7 @@ def test_packing_and_chunked_head_train_exactly_like_padding(workspace: dict[str
     """Same examples per step, packed and with the head applied in chunks: the same losses, step for step, as
     padded batches with the full logits."""
     common = dict(max_iters=None, epochs=1, eval_iters=8, lora_dropout=0.0, lora_head=lora_head)
-    padded = _train(workspace, tmp_path / "padded", **common, lm_head_chunk_size=0)
+    padded = _train(workspace, tmp_path / "padded", **common, packing=False, lm_head_chunk_size=0)
     # packed: micro-batches of one full row each, so no padding at all
     packed = _train(workspace, tmp_path / "packed", **common, packing=True, lm_head_chunk_size=16,
                     override_max_seq_length=128, micro_batch_size=1)
