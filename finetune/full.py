@@ -3,13 +3,14 @@
     python finetune/full.py --checkpoint_dir checkpoints/HuggingFaceTB/SmolLM2-135M-Instruct --data_dir data/lima
 
 Natural for small models (135M-1B), where the weights, their gradients and AdamW's two moments (4x the weights)
-fit on one device; larger models want finetune/lora.py. The flags, data options, resuming and logs are those of
+fit on one device (or, with --strategy fsdp, sharded over several); larger models want finetune/lora.py. The flags, data options, resuming and logs are those of
 finetune/lora.py (lit_gpt/finetune.py holds both loops' pieces; docs/finetuning.md); out_dir becomes a checkpoint
 folder that generate/base.py, chat/base.py and scripts/convert_lit_checkpoint.py take as --checkpoint_dir.
 """
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout, no install needed
@@ -21,13 +22,17 @@ from lit_gpt.finetune import (
     load_resume_state, out_dir_lock, plan_steps, prompt_of, run_identity, sample, save_checkpoint, save_model_folder,
     set_lr, step_metrics, train_step, validate,
 )
+from lit_gpt.fsdp import fsdp_strategy, full_state_dicts, is_sharded, load_full_optimizer_state
 from lit_gpt.training import EpochTracker, neftune_hook, set_rank_rng_states
 from lit_gpt.utils import LIT_WEIGHTS_NAME, cli
 
 
 @dataclass(kw_only=True)
 class Settings(FinetuneArgs):
-    """Finetune every weight of a model and save it as a new checkpoint folder (--strategy ddp for several devices)."""
+    """Finetune every weight of a model and save it as a new checkpoint folder.
+
+    On several devices, --strategy ddp holds the whole model, its gradients and optimizer state on each device;
+    --strategy fsdp shards all three over the devices (each transformer block its own unit)."""
 
     # ------------------------------------------------------------------------------------ hyperparameters
     learning_rate: float = 2e-5  # all weights move: far below LoRA's 3e-4
@@ -46,7 +51,7 @@ class Settings(FinetuneArgs):
 
 def setup(args: Settings) -> dict:
     """Train; returns the per-step metrics (`history`) and the run's summary."""
-    fabric, args = launch(args, fsdp_strategy=None)  # FSDP would shard the trained weights: not offered here
+    fabric, args = launch(args, partial(fsdp_strategy, shard_trainable=True))
     with out_dir_lock(fabric, args.out_dir):
         return main(fabric, args)
 
@@ -68,17 +73,20 @@ def main(fabric, args: Settings) -> dict:
     raw_model = model
     if args.compile:
         model = torch.compile(model, dynamic=True)  # packed and padded batches change shape every step
+    # the model first, then the optimizer of its (under FSDP: sharded) parameters
     model = fabric.setup_module(model)
     optimizer = fabric.setup_optimizers(
-        torch.optim.AdamW(raw_model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+        torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     )
-    generates = fabric.global_rank == 0  # on the plain model: DDP holds the whole model on every rank
+    # under FSDP every rank generates through the sharded model (rank 0 keeps the text); under DDP rank 0 alone
+    sharded = is_sharded(fabric)
+    generator, generates = (model, True) if sharded else (raw_model, fabric.global_rank == 0)
 
     # ------------------------------------------------------------------ the loop
     epochs = EpochTracker(out_dir, args.early_stopping_patience)
     step = saved = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(fabric, model, optimizer, state["optimizer"])
         set_rank_rng_states(fabric, state["rng"])
         epochs.load_state_dict(state["epochs"])
         step = saved = state["step"]
@@ -102,26 +110,29 @@ def main(fabric, args: Settings) -> dict:
         if step % args.eval_interval == 0 or step == plan.max_steps or plan.ends_epoch(step):
             metrics["val_loss"] = validate(fabric, model, data.val, args, data.max_seq_length)
             if val_prompt is not None and generates:
-                fabric.print(f"step {step} sample: {sample(raw_model, data.tokenizer, val_prompt, fabric.device)!r}")
+                text = sample(generator, data.tokenizer, val_prompt, fabric.device, lockstep=sharded)
+                fabric.print(f"step {step} sample: {text!r}")
         log.step(metrics)
         stop = False
         if plan.ends_epoch(step):
             # every epoch's model, and its answers to the dev prompts, to choose an epoch by reading
             epoch = int(plan.epoch(step))
-            if generates:
-                answers = dev_answers(raw_model, data, fabric.device, lockstep=False)
-                save_model_folder(raw_model, args.checkpoint_dir, out_dir / f"epoch-{epoch}", data.style.name)
+            answers = dev_answers(generator, data, fabric.device, lockstep=sharded) if generates else []
+            weights, _ = full_state_dicts(fabric, model, raw_model, optimizer)
+            if fabric.global_rank == 0:
+                save_model_folder(weights, raw_model.config, args.checkpoint_dir, out_dir / f"epoch-{epoch}",
+                                  data.style.name)
                 epochs.record(epoch, step, metrics["val_loss"], dict(zip(data.dev_prompts, answers)))
             stop = early_stop(fabric, epochs, args.early_stopping_patience)
 
         # ------------------------------------------------------------------ save
         if step % args.save_interval == 0 or step == plan.max_steps or stop:
+            weights, optimizer_state = full_state_dicts(fabric, model, raw_model, optimizer)  # whole, on rank 0
             if fabric.global_rank == 0:
-                save_model_folder(raw_model, args.checkpoint_dir, out_dir, data.style.name)
+                save_model_folder(weights, raw_model.config, args.checkpoint_dir, out_dir, data.style.name)
             # the weights again in the state: a kill between the two writes leaves a state that matches its weights
             saved = save_checkpoint(fabric, out_dir, step, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "epochs": epochs.state_dict(),
-                "run": run})
+                "model": weights, "optimizer": optimizer_state, "epochs": epochs.state_dict(), "run": run})
         if stop:
             break
 

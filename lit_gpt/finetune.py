@@ -566,8 +566,8 @@ def save_checkpoint(fabric, out_dir: Path, step: int, state: dict[str, Any]) -> 
 PROMPT_STYLE_NAME = "prompt_style.json"
 
 
-def save_model_folder(model, base_dir: Path, folder: Path, prompt_style: str) -> None:
-    """Write a checkpoint folder of `model`'s weights that every script takes as --checkpoint_dir (generate, chat,
+def save_model_folder(state: dict[str, torch.Tensor], config, base_dir: Path, folder: Path, prompt_style: str) -> None:
+    """Write a checkpoint folder of the model weights `state` (a `GPT.state_dict()` for `config`) that every script takes as --checkpoint_dir (generate, chat,
     finetune again, convert_lit_checkpoint): lit_model.safetensors (a tied head stored once, as the embedding),
     lit_config.json, the base folder's tokenizer, generation and Hugging Face config files, and the prompt style the
     model was finetuned with (prompt_style.json)."""
@@ -576,13 +576,13 @@ def save_model_folder(model, base_dir: Path, folder: Path, prompt_style: str) ->
     from lit_gpt.export import _copy_base_files
     from lit_gpt.utils import LIT_WEIGHTS_NAME, atomic_write_json
 
-    state = {name: t.detach() for name, t in model.state_dict().items()}
-    if model.config.tie_embeddings:
-        del state["lm_head.weight"]  # the same tensor as embed.weight
-    check_state_dict(state, model.config)
+    state = {name: t.detach() for name, t in state.items()}
+    if config.tie_embeddings:
+        state.pop("lm_head.weight", None)  # the same tensor as embed.weight
+    check_state_dict(state, config)
     folder.mkdir(parents=True, exist_ok=True)
     save_weights(state, folder / LIT_WEIGHTS_NAME)
-    model.config.save(folder)
+    config.save(folder)
     _copy_base_files(base_dir, folder, untie=False)
     atomic_write_json(folder / PROMPT_STYLE_NAME, {"prompt_style": prompt_style})
 

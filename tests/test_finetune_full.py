@@ -1,5 +1,5 @@
 """finetune/full.py end to end on a tiny model: every weight trains, the output is a checkpoint folder the other
-scripts take, a killed run resumes exactly, and 2 DDP processes equal 1."""
+scripts take, a killed run resumes exactly, and 2 DDP or FSDP processes equal 1."""
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
-from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME, UserError
+from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME
 
 full = load_script("finetune/full.py")
 
@@ -90,6 +90,24 @@ def test_full_finetuning_ddp_two_processes_equals_one(workspace: dict[str, Path]
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
 
 
-def test_full_finetuning_refuses_fsdp(workspace: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--strategy fsdp is not supported here; use --strategy ddp"):
-        _train(workspace, tmp_path / "out", strategy="fsdp", devices=2)
+def test_full_finetuning_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], tmp_path: Path) -> None:
+    """Every weight sharded over 2 CPU processes (gloo), killed after a checkpoint and resumed under FSDP: the per-step
+    losses and final weights of 1 process with the same global batch."""
+    from safetensors.torch import load_file
+
+    _train(workspace, tmp_path / "one", max_iters=8, eval_interval=2)
+    cmd = script_command("finetune/full.py", _settings(workspace, tmp_path / "two", micro_batch_size=1, max_iters=8,
+                                                       eval_interval=2, save_interval=1, devices=2, strategy="fsdp"))
+    kill_at(cmd, "step 3 |")
+    resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resumed from" in resumed.stdout
+    for key in ("train_loss", "val_loss"):
+        one, two = (csv_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
+        assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
+        for step in one:
+            assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
+    one, two = (load_file(tmp_path / run / LIT_WEIGHTS_NAME) for run in ("one", "two"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
