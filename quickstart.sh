@@ -46,8 +46,9 @@ name=$(basename "$checkpoint_dir")
 
 python scripts/prepare_json.py --checkpoint_dir "$checkpoint_dir" --data_file "$data_file" \
     --destination_path "data/quickstart-$name"
+# --overwrite: out/quickstart-* is this script's own folder, so running it again starts over
 python finetune/lora.py --checkpoint_dir "$checkpoint_dir" --data_dir "data/quickstart-$name" \
-    --out_dir "out/quickstart-$name" "$@"
+    --out_dir "out/quickstart-$name" --overwrite true "$@"
 echo "--- without the adapter:"
 python generate/base.py --checkpoint_dir "$checkpoint_dir" --prompt "$prompt" --prompt_style auto --top_k 1 \
     --max_new_tokens 60

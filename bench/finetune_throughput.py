@@ -149,7 +149,7 @@ def install_harness(args: argparse.Namespace) -> Path:
     packed.update(name="team_packed", description="finetune/lora.py --packing true; otherwise as team.json",
                   ckpt="{bench}/runs/ckpt/team/{model_name}",
                   finetune=spec["finetune"].replace("{work}/", "{bench}/runs/ckpt/team/")
-                  .replace(" --lora_r ", " --packing true --lora_r "))
+                  .replace(" --packing false ", " --packing true "))
     assert "--packing true" in packed["finetune"], "team.json's finetune command changed: update team_packed"
     (harness / "peers" / "team_packed.json").write_text(json.dumps(packed, indent=2))
     venv_dir = harness / ".venvs"

@@ -14,7 +14,7 @@ from lit_gpt.checkpoint import load_model
 from lit_gpt.lora import load_lora_into
 from lit_gpt.prompts import default_prompt_style, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+from lit_gpt.utils import DOWNLOAD_HINT, cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
 
 def main(
@@ -43,8 +43,7 @@ def main(
     """
     import lightning as L
 
-    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder",
-                                 "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME")
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder", DOWNLOAD_HINT)
     precision = precision or default_precision()
     fabric = L.Fabric(devices=1, precision=precision)
     fabric.seed_everything(seed, verbose=False)

@@ -28,10 +28,12 @@ from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.model import Block
 
 
-def fsdp_strategy():
-    """A Lightning Fabric `FSDPStrategy` for LoRA: each `Block` its own unit, the trainable parameters ignored (above),
-    `use_orig_params=True` (modules keep their own parameters, so names and optimizer references survive wrapping).
-    Also on CPU processes (gloo), as the tests run it."""
+def fsdp_strategy(shard_trainable: bool = False):
+    """A Lightning Fabric `FSDPStrategy`: each `Block` its own unit, `use_orig_params=True` (modules keep their own
+    parameters, so names survive wrapping). For LoRA the trainable parameters are ignored (above); with
+    `shard_trainable` (full finetuning, `finetune/full.py`) every weight is sharded, its gradients reduced and its
+    optimizer state kept by FSDP (`full_state_dicts` gathers them whole). Also on CPU processes (gloo), as the tests
+    run it."""
     from lightning.fabric.strategies import FSDPStrategy
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -41,7 +43,7 @@ def fsdp_strategy():
         # Lightning PR #19781) and wraps with device_id=None on CPU, which torch's FSDP rejects; given the device,
         # torch's FSDP runs on CPU. So the module is wrapped here and Lightning's setup only finishes the job.
         def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
-            adapters = [p for p in module.parameters() if p.requires_grad]
+            adapters = [] if shard_trainable else [p for p in module.parameters() if p.requires_grad]
             module = FullyShardedDataParallel(
                 module, device_id=self.root_device, auto_wrap_policy=ModuleWrapPolicy({Block}),
                 ignored_states=adapters, use_orig_params=True, sharding_strategy=self.sharding_strategy,
@@ -88,3 +90,32 @@ def lockstep_batches(fabric, batches: list[dict[str, torch.Tensor]]) -> list[dic
     idle = {"input_ids": torch.zeros(1, 1, dtype=torch.long), "labels": torch.full((1, 1), IGNORE_INDEX),
             "length": torch.zeros(1, dtype=torch.long)}
     return batches + [idle] * max(0, most - len(batches))
+
+
+def full_state_dicts(fabric, model, raw_model: torch.nn.Module, optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The whole model's and optimizer's state dicts, as one device would hold them (parameter names, full tensors),
+    on rank 0 (the other ranks get empty dicts); call on every rank. Under FSDP they are gathered from the shards of
+    the set-up `model` (full finetuning); elsewhere they are `raw_model`'s (the module before any wrapping) and the
+    optimizer's own."""
+    if not is_sharded(fabric):
+        return raw_model.state_dict(), optimizer.state_dict()
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = model._forward_module  # Fabric's wrapper around the FSDP root
+    offload = fabric.device.type != "cpu"  # gathering on CPU with an offload to CPU crashes torch (2.13, gloo)
+    with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+                              FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True)):
+        return root.state_dict(), FSDP.optim_state_dict(root, optimizer.optimizer)
+
+
+def load_full_optimizer_state(fabric, model, optimizer, state: dict) -> None:
+    """Load an optimizer state dict from `full_state_dicts` into `optimizer` (under FSDP: this rank's shard of it)."""
+    if not is_sharded(fabric):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = model._forward_module
+    optimizer.optimizer.load_state_dict(FSDP.optim_state_dict_to_load(root, optimizer.optimizer, state))

@@ -12,7 +12,7 @@ bitsandbytes is an optional dependency (`pip install 'bitsandbytes>=0.50'`); fro
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,7 @@ from lit_gpt.lora import LoRALinear
 from lit_gpt.model import GPT
 from lit_gpt.utils import UserError
 
+Mode = Literal["bnb.nf4", "bnb.nf4-dq", "bnb.fp4", "bnb.fp4-dq", "bnb.int8"]  # the `--quantize` choices
 # mode -> (quant_type, double quantization) for 4-bit; None for int8
 MODES: dict[str, tuple[str, bool] | None] = {
     "bnb.nf4": ("nf4", False),
@@ -29,6 +30,7 @@ MODES: dict[str, tuple[str, bool] | None] = {
     "bnb.fp4-dq": ("fp4", True),
     "bnb.int8": None,
 }
+assert tuple(MODES) == get_args(Mode)
 
 
 def quantize_model(model: GPT, mode: str, log: Callable[[str], None] = print) -> GPT:

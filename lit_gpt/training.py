@@ -25,10 +25,12 @@ def effective_warmup(warmup_steps: int, max_steps: int) -> int:
 
 def lr_at(step: int, max_steps: int, learning_rate: float, warmup_steps: int, min_lr: float = 0.0) -> float:
     """Learning rate for optimizer step `step` (1-based): linear warm-up from 0 over `warmup_steps`, then cosine
-    decay that reaches `min_lr` exactly at `max_steps`, the real number of optimizer steps of the run."""
+    decay from `learning_rate` at the first step after the warm-up to `min_lr` one step after the last one,
+    `max_steps` being the real number of optimizer steps of the run. So no step is taken at `min_lr`: with the
+    default 0 that step would change nothing, and a one-step run would train nothing at all."""
     if step <= warmup_steps:
         return learning_rate * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    progress = (step - warmup_steps - 1) / max(1, max_steps - warmup_steps)
     return min_lr + 0.5 * (learning_rate - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
@@ -224,7 +226,8 @@ class EpochTracker:
         self.out_dir, self.patience = out_dir, patience
         self.records: list[dict[str, Any]] = []
 
-    def record(self, epoch: int, step: int, val_loss: float, answers: dict[str, str]) -> None:
+    def record(self, epoch: int, step: int, val_loss: float | None, answers: dict[str, str]) -> None:
+        """`val_loss` None: no validation examples (early stopping then never stops)."""
         self.records.append({"epoch": epoch, "step": step, "val_loss": val_loss, "answers": answers})
         self.out_dir.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records)
@@ -233,17 +236,19 @@ class EpochTracker:
 
     @property
     def best_epoch(self) -> int | None:
-        return min(self.records, key=lambda r: r["val_loss"])["epoch"] if self.records else None
+        scored = [r for r in self.records if r["val_loss"] is not None]
+        return min(scored, key=lambda r: r["val_loss"])["epoch"] if scored else None
 
     def should_stop(self) -> bool:
-        if self.patience is None or not self.records:
+        if self.patience is None or self.best_epoch is None:
             return False
         return self.records[-1]["epoch"] - self.best_epoch >= self.patience
 
     def markdown(self) -> str:
         cell = lambda text: text.replace("|", "\\|").replace("\n", "<br>")  # noqa: E731
         out = ["# After each epoch\n", "| epoch | step | validation loss |", "|---|---|---|"]
-        out += [f"| {r['epoch']} | {r['step']} | {r['val_loss']:.4f} |" for r in self.records]
+        loss = lambda value: "none" if value is None else f"{value:.4f}"  # noqa: E731
+        out += [f"| {r['epoch']} | {r['step']} | {loss(r['val_loss'])} |" for r in self.records]
         prompts = list(self.records[-1]["answers"]) if self.records else []
         for i, prompt in enumerate(prompts, 1):
             out += [f"\n## {i}. {cell(prompt)}\n", "| epoch | answer |", "|---|---|"]

@@ -18,6 +18,9 @@ from typing import Any, Callable, Iterator, Sequence
 LIT_CONFIG_NAME = "lit_config.json"
 LIT_WEIGHTS_NAME = "lit_model.safetensors"
 
+# what to do when a --checkpoint_dir does not exist: every script says the same
+DOWNLOAD_HINT = "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME"
+
 
 class UserError(Exception):
     """A mistake the user can fix. Scripts print it as one line (no traceback) and exit with status 1.
@@ -26,18 +29,25 @@ class UserError(Exception):
     """
 
 
-def cli(function: Callable[..., Any], args: Sequence[str] | None = None, **kwargs: Any) -> Any:
+def cli(function: Callable[..., Any], args: Sequence[str] | None = None, run: Callable[[Any], Any] | None = None,
+        **kwargs: Any) -> Any:
     """Run `function` as a jsonargparse CLI: its signature and docstring become the flags and `--help`.
 
-    List parameters take their values one after another (`--data_dirs a b`), as argparse's nargs="+" does.
+    `function` may also be a dataclass: its fields become the flags, each explained by the docstring written under
+    it, and the instance is returned, or passed to `run` when given (`cli(Settings, run=setup)`: errors of both
+    print as one line). List parameters take their values one after another (`--data_dirs a b`), as
+    argparse's nargs="+" does. `--config FILE.yaml` reads flags (its keys) from a file.
     """
-    from jsonargparse import CLI
+    from jsonargparse import CLI, set_parsing_settings
+
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
     argv = expand_list_flags(sys.argv[1:] if args is None else args, list_parameters(function))
     try:
         # exit_on_error=False: a bad flag raises here, so it gets one line (with the flag meant) instead of the usage
         with _secrets_hidden(any(a.startswith("--print_config") for a in argv)):
-            return CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
+            parsed = CLI(function, as_positional=False, args=argv, exit_on_error=False, **kwargs)
+        return parsed if run is None else run(parsed)
     except ArgumentError as e:
         message = " ".join(e.message.split())  # jsonargparse breaks type errors over lines
         print(f"error: {message}{flag_suggestion(message, function, kwargs)} (--help lists the flags)",

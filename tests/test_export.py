@@ -7,13 +7,11 @@ every one compared with the unmerged LoRA model's logits.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -22,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from safetensors import safe_open  # noqa: E402
+from helpers import load_script  # noqa: E402
 from test_convert import make_hf_checkpoint  # noqa: E402
 
 from lit_gpt.checkpoint import load_model, load_weights  # noqa: E402
@@ -174,13 +173,6 @@ def test_errors(tmp_path: Path, hf_dirs: dict[str, Path]) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("script,out_file", [("merge_lora", LIT_WEIGHTS_NAME), ("export_peft", PEFT_CONFIG_NAME)])
 def test_scripts_end_to_end(tmp_path: Path, hf_dirs: dict[str, Path], capsys: pytest.CaptureFixture[str],
                             script: str, out_file: str) -> None:
@@ -188,7 +180,7 @@ def test_scripts_end_to_end(tmp_path: Path, hf_dirs: dict[str, Path], capsys: py
     hf_dir = hf_dirs["llama_gqa_condensed"]
     lora_config = LoRAConfig(lora_r=2, lora_dropout=0.0)
     save_lora(_lora_model(hf_dir, lora_config), lora_config, tmp_path / "lit_lora.safetensors")
-    module = _load_script(script)
+    module = load_script(f"scripts/{script}.py")
     args = ["--checkpoint_dir", str(hf_dir), "--lora_path", str(tmp_path / "lit_lora.safetensors")]
     cli(module.main, args=[*args, "--out_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / out_file).is_file()

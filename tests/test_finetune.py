@@ -1,87 +1,37 @@
-"""finetune/lora.py end to end on a tiny model, and the pieces it is built from (batches, loss, schedule)."""
+"""finetune/lora.py end to end on a tiny model (its pieces: test_batching.py, test_training.py, test_packing.py)."""
 from __future__ import annotations
 
-import csv
-import importlib.util
 import json
-import math
-import os
-import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from lit_gpt.batching import EpochStream, pad_collate, step_batches
-from lit_gpt.data.tokenize import IGNORE_INDEX
-from lit_gpt.training import effective_warmup, lr_at, masked_loss_sum
+from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
+from prepare_helpers import tiny_bpe_checkpoint
 
-from prepare_helpers import CHATML, tiny_bpe_checkpoint
-
-transformers = pytest.importorskip("transformers")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_script(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-finetune = _load_script("finetune/lora.py")
-generate_script = _load_script("generate/base.py")
+finetune = load_script("finetune/lora.py")
+generate_script = load_script("generate/base.py")
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny converted Llama-style checkpoint with a real BPE tokenizer and ChatML template, and Alpaca data."""
-    from lit_gpt.convert import convert_hf_checkpoint
-    from lit_gpt.data import ALPACA, prepare
-
-    root = tmp_path_factory.mktemp("finetune")
-    checkpoint = tiny_bpe_checkpoint(root / "checkpoint", bos=False, chat_template=CHATML)
-    hf_config = transformers.LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(hf_config).save_pretrained(checkpoint)
-    convert_hf_checkpoint(checkpoint)
-
-    rows = [{"instruction": f"Name color number {i}.", "input": "" if i % 3 else "The sky is blue.",
-             "output": ["Red.", "Blue, yellow.", "Green and blue.", "Yellow"][i % 4] * (1 + i % 3)} for i in range(40)]
-    (root / "alpaca.json").write_text(json.dumps(rows))
-    data = root / "data"
-    prepare(ALPACA, checkpoint_dir=checkpoint, destination_path=data, data_file=root / "alpaca.json",
-            test_split_fraction=0.2)
-    return {"root": root, "checkpoint": checkpoint, "data": data}
+    return finetune_workspace(tmp_path_factory.mktemp("finetune"))
 
 
 def _settings(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
-    """The tests' finetuning settings: tiny model, 16 micro-batches of 2, checkpoints and validation every 4 steps."""
-    return dict(checkpoint_dir=workspace["checkpoint"], data_dir=workspace["data"], out_dir=out_dir,
-                precision="32-true", batch_size=4, micro_batch_size=2, max_iters=16, warmup_steps=2, learning_rate=3e-3,
-                lora_dropout=0.1, eval_interval=4, eval_iters=2, save_interval=4) | overrides
+    return finetune_settings(workspace, out_dir, **({"lora_dropout": 0.1} | overrides))
 
 
 def _train(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
-    return finetune.setup(**_settings(workspace, out_dir, **overrides))
+    return finetune.setup(finetune.Settings(**_settings(workspace, out_dir, **overrides)))
 
 
 def _command(workspace: dict[str, Path], out_dir: Path, **overrides) -> list[str]:
     """`python finetune/lora.py ...` with the same settings, for runs in processes of their own."""
-    flags = _settings(workspace, out_dir, **overrides).items()
-    return [sys.executable, "finetune/lora.py", *(x for k, v in flags for x in (f"--{k}", str(v)))]
-
-
-def _losses(csv_path: Path, key: str = "train_loss") -> dict[int, float]:
-    """Per-step training (or validation) loss from the CSV log; a resumed run re-logs the steps after its checkpoint,
-    last wins."""
-    with csv_path.open() as f:
-        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+    return script_command("finetune/lora.py", _settings(workspace, out_dir, **overrides))
 
 
 def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -93,9 +43,9 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
     for name in ("lit_lora.safetensors", "training_state.pt", "loss.png", "metrics.csv"):
         assert (tmp_path / "out" / name).is_file(), name
     assert list((tmp_path / "out" / "logs").glob("events.out.tfevents.*"))  # TensorBoard
-    assert set(_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
-    # the schedule ended at its minimum on the last step
-    assert history[-1]["lr"] == 0.0
+    assert set(csv_losses(tmp_path / "out" / "metrics.csv")) == set(range(1, 21))
+    # the schedule decayed towards its minimum (0), without spending the last step at it
+    assert 0 < history[-1]["lr"] < 0.01 * max(m["lr"] for m in history)
 
     # generation with the adapter reads its hyperparameters and prompt style from the file, and applies the adapter:
     # the base model, given the same prompt in the same style, answers otherwise
@@ -109,38 +59,17 @@ def test_finetune_end_to_end(workspace: dict[str, Path], tmp_path: Path) -> None
     assert len(tuned) == len(base) == 1 and tuned != base, (tuned, base)
 
 
-def _kill_at(cmd: list[str], prefix: str, timeout: float = 600) -> None:
-    """Run `cmd` and SIGKILL it, with every process it started (the other ranks), once it prints a line starting
-    with `prefix`. The child is unbuffered whatever the caller's environment, so each line arrives as it is printed."""
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True) as process:
-        kill = lambda: os.killpg(process.pid, signal.SIGKILL)  # noqa: E731  (its own session: rank 0 and its children)
-        watchdog = threading.Timer(timeout, kill)  # a hung run fails the test instead of hanging it
-        watchdog.start()
-        lines = []
-        try:
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith(prefix):
-                    kill()
-                    break
-        finally:
-            watchdog.cancel()
-        process.wait()
-    assert process.returncode == -signal.SIGKILL and lines and lines[-1].startswith(prefix), "".join(lines[-30:])
-
-
 def test_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
     """SIGKILL a run after a checkpoint, resume it: every step's loss equals an uninterrupted run's (CPU, fp32)."""
     _train(workspace, tmp_path / "full", save_interval=1)
-    expected = _losses(tmp_path / "full" / "metrics.csv")
+    expected = csv_losses(tmp_path / "full" / "metrics.csv")
 
     cmd = _command(workspace, tmp_path / "killed", save_interval=1)
-    _kill_at(cmd, "step 5 |")
+    kill_at(cmd, "step 5 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resumed from" in resumed.stdout
-    actual = _losses(tmp_path / "killed" / "metrics.csv")
+    actual = csv_losses(tmp_path / "killed" / "metrics.csv")
     assert actual.keys() == expected.keys()
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
@@ -154,7 +83,7 @@ def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path
     # 2 devices x 2 micro-batches of 1 is the same 4-example global batch as 1 device x 2 micro-batches of 2
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    one, two = _losses(tmp_path / "one" / "metrics.csv"), _losses(tmp_path / "two" / "metrics.csv")
+    one, two = csv_losses(tmp_path / "one" / "metrics.csv"), csv_losses(tmp_path / "two" / "metrics.csv")
     assert len(one) == 4 and one.keys() == two.keys()
     for step in one:
         assert two[step] == pytest.approx(one[step], abs=1e-5), step
@@ -169,10 +98,10 @@ def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[s
 
     full = subprocess.run(cmd("full"), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert full.returncode == 0, full.stderr[-2000:]
-    _kill_at(cmd("killed"), "step 2 |")
+    kill_at(cmd("killed"), "step 2 |")
     resumed = subprocess.run(cmd("killed") + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, actual = (_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
+    expected, actual = (csv_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
     assert len(expected) == 4 and actual.keys() == expected.keys()
     for step in expected:
         assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
@@ -189,12 +118,12 @@ def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], t
                    save_interval=1, devices=2, strategy="fsdp")
     # 4 steps: validation and a sample generated by both ranks at step 2, training on after it; killed after step 3
     # (resumed from step 2 or 3)
-    _kill_at(cmd, "step 3 |")
+    kill_at(cmd, "step 3 |")
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout
     for key in ("train_loss", "val_loss"):
-        one, two = (_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
+        one, two = (csv_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
         assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
         for step in one:
             assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
@@ -227,6 +156,9 @@ def test_bad_inputs_are_one_line_errors(workspace: dict[str, Path], tmp_path: Pa
          "does not exist"),
         (["--data_dir", str(workspace["data"]), "--strategy", "fsdp", "--quantize", "bnb.nf4"],
          "does not work with --strategy fsdp"),
+        (["--data_dir", str(workspace["data"]), "--out_dir", str(tmp_path / "o"), "--max_iters", "5"],
+         "--max_iters 5 is less than one optimizer step: max_iters x micro_batch_size x devices / batch_size = "
+         "5 x 1 x 1 / 16 = 0.31 steps"),
     ]
     for args, message in cases:
         result = subprocess.run(base + args, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -244,124 +176,12 @@ def test_data_for_another_tokenizer_is_refused(workspace: dict[str, Path], tmp_p
         _train({**workspace, "checkpoint": other}, tmp_path / "out")
 
 
-# ------------------------------------------------------------------------------------ the pieces
-
-
-def test_padding_and_masked_positions_do_not_change_the_loss() -> None:
-    torch.manual_seed(0)
-    from lit_gpt.config import Config
-    from lit_gpt.model import GPT
-
-    model = GPT(Config(vocab_size=50, n_layer=1, n_embd=16, n_head=2, intermediate_size=32, block_size=32)).eval()
-    a = {"input_ids": torch.tensor([1, 5, 7, 9, 2]), "labels": torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 7, 9, 2])}
-    b = {"input_ids": torch.tensor([1, 8, 3, 2]), "labels": torch.tensor([IGNORE_INDEX, 8, 3, 2])}
-    with torch.no_grad():
-        separate = [masked_loss_sum(model(s["input_ids"][None]), s["labels"][None]) for s in (a, b)]
-        batch = pad_collate([a, b], pad_id=0)
-        together = masked_loss_sum(model(batch["input_ids"]), batch["labels"])
-        # the pad token id changes nothing either
-        batch_other_pad = pad_collate([a, b], pad_id=33)
-        other = masked_loss_sum(model(batch_other_pad["input_ids"]), batch_other_pad["labels"])
-    assert together[1] == separate[0][1] + separate[1][1] == 6
-    torch.testing.assert_close(together[0], separate[0][0] + separate[1][0])
-    torch.testing.assert_close(other[0], together[0])
-
-
-def test_schedule_warms_up_and_reaches_its_minimum_exactly_at_the_last_step() -> None:
-    lrs = [lr_at(step, 50, 1e-3, 5, min_lr=1e-5) for step in range(1, 51)]
-    assert lrs[0] == pytest.approx(2e-4) and lrs[4] == pytest.approx(1e-3)
-    assert all(x >= y for x, y in zip(lrs[4:], lrs[5:]))  # monotone decay after warm-up
-    assert lrs[-1] == 1e-5 and min(lrs[:-1]) > 1e-5
-    assert effective_warmup(100, 8) == 4 and effective_warmup(10, 1000) == 10
-
-
-def test_epoch_stream_sees_every_example_once_per_epoch_and_resumes() -> None:
-    stream = EpochStream(n=10, batch_size=4, seed=7)
-    seen = [i for step in range(5) for i in stream.step(step)]  # 20 examples = 2 epochs
-    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
-    assert seen[:10] != seen[10:]  # reshuffled
-    assert EpochStream(n=10, batch_size=4, seed=7).step(3) == stream.step(3)  # the position is the step
-    samples = [{"input_ids": torch.arange(n), "labels": torch.arange(n)} for n in (3, 5, 2)]
-    assert [b["input_ids"].shape for b in step_batches(samples, 2, max_seq_length=4)] == [(2, 4), (1, 2)]
-    assert math.isclose(stream.epoch_of(5), 2.0)
-    # epochs end exactly: 3 epochs of 10 at 4 a step are 8 steps, the last one of the 2 examples left
-    bounded = EpochStream(n=10, batch_size=4, seed=7, total=30)
-    steps = [bounded.step(step) for step in range(bounded.steps())]
-    assert bounded.steps() == 8 and [len(s) for s in steps] == [4] * 7 + [2]
-    seen = [i for s in steps for i in s]
-    assert all(sorted(seen[e * 10 : (e + 1) * 10]) == list(range(10)) for e in range(3))
-    assert steps[:5] == [stream.step(step) for step in range(5)]
-    assert math.isclose(bounded.epoch_of(8), 3.0) and math.isclose(bounded.epoch_of(7), 2.8)
-
-
 def test_resume_refuses_other_lora_settings(workspace: dict[str, Path], tmp_path: Path) -> None:
     from lit_gpt.utils import UserError
 
     _train(workspace, tmp_path / "out", max_iters=4)
-    with pytest.raises(UserError, match="resume with the same LoRA settings"):
-        _train(workspace, tmp_path / "out", max_iters=8, lora_r=4, resume=True)
-
-
-@pytest.mark.parametrize("order", ["none", "length", "source", "category"])
-def test_orders_are_deterministic_and_respect_their_key(order: str) -> None:
-    from lit_gpt.batching import epoch_order
-
-    keys = {"none": None, "length": [5, 1, 9, 1, 3, 7], "source": list("aabbba"), "category": list("xyxyxz")}[order]
-    first, again, later = (epoch_order(6, 3, e, order, keys) for e in (0, 0, 1))
-    assert first == again and sorted(first) == list(range(6))
-    if order == "none":
-        assert first == later == list(range(6))
-    elif order == "length":
-        assert [keys[i] for i in first] == sorted(keys)
-        assert [keys[i] for i in epoch_order(6, 3, 0, order, keys, descending=True)] == sorted(keys, reverse=True)
-    else:
-        assert [keys[i] for i in first] == sorted(keys)  # blocked, groups by name
-        assert first != later  # reshuffled within groups per epoch
-
-
-def test_length_grouped_order_cuts_padding_and_stays_random() -> None:
-    from lit_gpt.batching import EpochStream, pad_collate
-
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(5, 400, (1000,), generator=g).tolist()
-    samples = [{"input_ids": torch.zeros(n, dtype=torch.long), "labels": torch.zeros(n, dtype=torch.long)}
-               for n in lengths]
-
-    def padding(order: str, epoch: int = 0) -> tuple[float, list[int]]:
-        stream = EpochStream(1000, batch_size=8, seed=3, order=order, keys=lengths)
-        steps = [stream.step(s) for s in range(epoch * 125, (epoch + 1) * 125)]
-        padded = sum(pad_collate([samples[i] for i in step])["input_ids"].numel() for step in steps)
-        return 1 - sum(lengths) / padded, [i for step in steps for i in step]
-
-    shuffled, _ = padding("shuffle")
-    grouped, first = padding("length_grouped")
-    _, second = padding("length_grouped", epoch=1)
-    assert sorted(first) == sorted(second) == list(range(1000))  # every example once per epoch
-    assert shuffled > 0.4 and grouped < 0.05  # padding share of the padded batches
-    assert first != second and first == padding("length_grouped")[1]  # reshuffled per epoch, deterministic
-    # no curriculum: the first and last 100 steps of the epoch are about equally long on average
-    mean = [sum(lengths[i] for i in part) / len(part) for part in (first[:400], first[-400:])]
-    assert abs(mean[0] - mean[1]) < 40
-
-
-def test_interleaved_groups_spread_evenly() -> None:
-    from lit_gpt.batching import epoch_order
-
-    keys = ["lima"] * 8 + ["dolly"] * 4
-    order = epoch_order(12, 0, 0, "source", keys, interleave=True)
-    assert "".join("D" if keys[i] == "dolly" else "L" for i in order) in ("LDLLDLLDLLDL", "DLLDLLDLLDLL", "LLDLLDLLDLLD")
-
-
-def test_neftune_noise_only_while_training() -> None:
-    from lit_gpt.training import neftune_hook
-
-    embed = torch.nn.Embedding(10, 8)
-    embed.register_forward_hook(neftune_hook(5.0))
-    idx = torch.tensor([[1, 2, 3, 4]])
-    clean = embed.eval()(idx)
-    noisy = embed.train()(idx)
-    noise = noisy - clean
-    assert noise.abs().max() <= 5.0 / (4 * 8) ** 0.5 and noise.abs().max() > 0.1
+    with pytest.raises(UserError, match="trained with lora_r 8, this run has 4; resume with the same lora_r"):
+        _train(workspace, tmp_path / "out", max_iters=4, lora_r=4, resume=True)
 
 
 def test_every_epoch_saves_an_adapter_and_answers_the_dev_prompts(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -390,22 +210,7 @@ def test_epochs_end_exactly(workspace: dict[str, Path], tmp_path: Path) -> None:
     steps = [m for m in result["history"] if "tokens_real" in m]
     assert len(train) == 32 and result["steps"] == len(steps) == 11
     assert sum(m["tokens_real"] for m in steps) == 2 * int(train.lengths.sum())
-    assert steps[-1]["epoch"] == 2.0 and steps[-1]["lr"] == 0.0
-
-
-def test_early_stopping_counts_epochs_since_the_best(tmp_path: Path) -> None:
-    from lit_gpt.training import EpochTracker
-
-    tracker = EpochTracker(tmp_path, patience=2)
-    stops = []
-    for epoch, loss in enumerate([3.0, 2.0, 2.5, 2.1, 2.6], 1):
-        tracker.record(epoch, epoch * 10, loss, {})
-        stops.append(tracker.should_stop())
-    assert stops == [False, False, False, True, True] and tracker.best_epoch == 2
-    restored = EpochTracker(tmp_path, patience=2)
-    restored.load_state_dict(tracker.state_dict())
-    assert restored.should_stop() and restored.best_epoch == 2
-    assert not EpochTracker(tmp_path, patience=None).should_stop()
+    assert steps[-1]["epoch"] == 2.0 and 0 < steps[-1]["lr"] < steps[-2]["lr"]
 
 
 def test_training_stops_early_when_validation_stops_improving(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -424,7 +229,7 @@ def test_packing_and_chunked_head_train_exactly_like_padding(workspace: dict[str
     """Same examples per step, packed and with the head applied in chunks: the same losses, step for step, as
     padded batches with the full logits."""
     common = dict(max_iters=None, epochs=1, eval_iters=8, lora_dropout=0.0, lora_head=lora_head)
-    padded = _train(workspace, tmp_path / "padded", **common, lm_head_chunk_size=0)
+    padded = _train(workspace, tmp_path / "padded", **common, packing=False, lm_head_chunk_size=0)
     # packed: micro-batches of one full row each, so no padding at all
     packed = _train(workspace, tmp_path / "packed", **common, packing=True, lm_head_chunk_size=16,
                     override_max_seq_length=128, micro_batch_size=1)
@@ -443,7 +248,7 @@ def test_compiled_model_trains_like_eager(workspace: dict[str, Path], tmp_path: 
     common = dict(max_iters=6, eval_interval=100, lora_dropout=0.0, packing=True, override_max_seq_length=128)
     _train(workspace, tmp_path / "eager", **common)
     _train(workspace, tmp_path / "compiled", **common, compile=True)
-    eager, compiled = (_losses(tmp_path / name / "metrics.csv") for name in ("eager", "compiled"))
+    eager, compiled = (csv_losses(tmp_path / name / "metrics.csv") for name in ("eager", "compiled"))
     assert len(eager) == 3 and compiled == pytest.approx(eager, abs=1e-5)
 
 
@@ -455,7 +260,7 @@ def test_bf16_true_trains_close_to_float32(workspace: dict[str, Path], tmp_path:
     common = dict(max_iters=8, eval_interval=100, lora_dropout=0.0, activation_checkpointing=activation_checkpointing)
     _train(workspace, tmp_path / "fp32", **common)
     _train(workspace, tmp_path / "bf16", **common, precision="bf16-true")
-    reference, bf16 = (_losses(tmp_path / name / "metrics.csv") for name in ("fp32", "bf16"))
+    reference, bf16 = (csv_losses(tmp_path / name / "metrics.csv") for name in ("fp32", "bf16"))
     assert set(bf16) == set(reference) == {1, 2, 3, 4}
     assert bf16 == pytest.approx(reference, rel=2e-2)
     assert bf16 != reference  # it did run in bf16

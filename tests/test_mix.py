@@ -3,13 +3,11 @@ tokens, with and without replacement), the test split, byte-identical reruns, re
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -21,14 +19,8 @@ from lit_gpt.data.derive import dataset_sha256, write_derived
 from lit_gpt.data.mix import allocate, mix_datasets
 from lit_gpt.utils import expand_list_flags
 from lit_gpt.utils import UserError, cli
-from prepare_helpers import CHATML, ROOT, tiny_bpe_checkpoint, write_json
-
-
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import ROOT, load_script
+from prepare_helpers import CHATML, tiny_bpe_checkpoint, write_json
 
 
 def rows(prefix: str, n: int) -> list[dict[str, str]]:
@@ -214,6 +206,6 @@ def test_cli_refusal_is_one_line(tmp_path: Path, sources: tuple, capsys: pytest.
     a, b, _ = sources
     argv = ["--data_dirs", str(a), str(b), "--num_examples", "100", "--destination_path", str(tmp_path / "x")]
     with pytest.raises(SystemExit) as exit:
-        cli(load_script("mix_datasets").main, args=argv)
+        cli(load_script("scripts/mix_datasets.py").mix_datasets, args=argv)
     assert exit.value.code == 1
     assert capsys.readouterr().err.startswith("error: --num_examples 100 asks 50 examples of")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_gpt.batching import pack_rows, packed_collate, pad_collate, step_batches
+from lit_gpt.collate import pack_rows, packed_collate, pad_collate, step_batches
 from lit_gpt.config import Config
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.model import GPT

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
@@ -19,6 +18,7 @@ from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
+from helpers import load_script
 from prepare_helpers import (
     ALPACA_5000,
     ALPACA_ROWS,
@@ -37,15 +37,8 @@ from prepare_helpers import (
 )
 
 
-def load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def entry(name: str) -> Callable[..., dict[str, Any]]:
-    return getattr(load_script(name), name)
+    return getattr(load_script(f"scripts/{name}.py"), name)
 
 
 @pytest.fixture(scope="module")

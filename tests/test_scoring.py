@@ -2,7 +2,6 @@
 hand, embeddings, resume without recomputation, the judge's parsing and bookkeeping, and one-line errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,28 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from lit_gpt.data.dataset import TokenizedDataset
-from lit_gpt.data.scoring import (
-    EMBEDDINGS_NAME, JUDGE_NAME, PARTIAL_NAME, SCORES_JSON_NAME, Judge, alone_sample, parse_judge_score,
-    prompt_and_response_text, read_score_column, read_scores, response_losses,
-)
+from lit_gpt.data.scores import (EMBEDDINGS_NAME, JUDGE_NAME, PARTIAL_NAME, SCORES_JSON_NAME, read_score_column,
+                                 read_scores)
+from lit_gpt.data.scoring import Judge, alone_sample, parse_judge_score, prompt_and_response_text, response_losses
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
 
+from helpers import load_script
 from prepare_helpers import CHATML, tiny_bpe_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ["Red.", "Blue, yellow and green.", "Green and blue, or maybe red.", "Yellow", "The quick brown fox jumps."]
 
 
-def _load_script(path: str):
-    spec = importlib.util.spec_from_file_location(Path(path).stem + "_script", ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-score_script = _load_script("scripts/score_dataset.py")
+score_script = load_script("scripts/score_dataset.py")
 
 
 def build_workspace(root: Path, bos: bool, chat: bool, rows: int = 40) -> dict[str, Path]:
@@ -95,7 +86,7 @@ def test_ifd_equals_the_ratio_of_the_models_losses_by_hand(name: str, request: p
                                                            tmp_path: Path) -> None:
     workspace = request.getfixturevalue(name)
     data = _copy_data(workspace, tmp_path / "data")
-    result = score_script.main(data, workspace["checkpoint"], batch_size=3)
+    result = score_script.score_dataset(data, workspace["checkpoint"], batch_size=3)
     assert result["examples"] == 40 and (data / SCORES_JSON_NAME).is_file()
     assert result["tokens"] == sum(int(read_scores(data, split)["tokens"].sum()) for split in ("train", "test"))
     tokenizer = Tokenizer(workspace["checkpoint"])
@@ -131,7 +122,7 @@ def test_ifd_equals_the_ratio_of_the_models_losses_by_hand(name: str, request: p
 
 def test_embeddings_are_mean_final_hidden_states(chat: dict, tmp_path: Path) -> None:
     data = _copy_data(chat, tmp_path / "data")
-    score_script.main(data, chat["checkpoint"], batch_size=5)
+    score_script.score_dataset(data, chat["checkpoint"], batch_size=5)
     model = _load(chat["checkpoint"])
     train = TokenizedDataset(data, "train", None)
     embeddings = np.load(data / "train" / EMBEDDINGS_NAME)
@@ -144,7 +135,7 @@ def test_embeddings_are_mean_final_hidden_states(chat: dict, tmp_path: Path) -> 
 
 def test_a_response_with_nothing_to_predict_from_has_undefined_scores(chat: dict) -> None:
     model = _load(chat["checkpoint"])
-    from lit_gpt.batching import pad_collate
+    from lit_gpt.collate import pad_collate
 
     sample = {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([IGNORE_INDEX, IGNORE_INDEX, 7])}
     alone = alone_sample(sample, None, 256)  # one response token, no BOS: nothing precedes it
@@ -168,7 +159,7 @@ def test_a_response_with_nothing_to_predict_from_has_undefined_scores(chat: dict
 
 def test_packed_and_padded_batches_score_every_example_alike(chat: dict) -> None:
     """Scoring packs a batch into one row (no padding); per example, that equals the padded batch."""
-    from lit_gpt.batching import packed_collate, pad_collate
+    from lit_gpt.collate import packed_collate, pad_collate
 
     model = _load(chat["checkpoint"])
     train = TokenizedDataset(chat["data"], "train", None)
@@ -204,20 +195,20 @@ def test_an_interrupted_run_resumes_without_recomputing(chat: dict, tmp_path: Pa
         return model
 
     monkeypatch.setattr(lit_gpt.checkpoint, "load_model", counting_load)
-    score_script.main(full, chat["checkpoint"], batch_size=4, flush_every=2)
+    score_script.score_dataset(full, chat["checkpoint"], batch_size=4, flush_every=2)
     total = calls["n"]
     assert total == 2 * (32 // 4 + 8 // 4)  # one forward with the prompt and one without, per batch
 
     calls.update(n=0, limit=7)  # dies on the first forward of the 4th batch of the train split
     with pytest.raises(KeyboardInterrupt):
-        score_script.main(interrupted, chat["checkpoint"], batch_size=4, flush_every=2)
+        score_script.score_dataset(interrupted, chat["checkpoint"], batch_size=4, flush_every=2)
     partial = interrupted / "train" / PARTIAL_NAME
     # batches 1-2 flushed on schedule, batch 3 when the run stopped; nothing final written yet
     assert len(list(partial.glob("chunk-*.npz"))) == 2
     assert not (interrupted / "train" / "scores.npy").exists()
 
     calls.update(n=0, limit=None)
-    result = score_script.main(interrupted, chat["checkpoint"], batch_size=4, flush_every=2)
+    result = score_script.score_dataset(interrupted, chat["checkpoint"], batch_size=4, flush_every=2)
     assert calls["n"] == total - 6  # the 3 finished batches (12 examples) were not recomputed
     assert result["examples"] == 40 - 12
     assert not partial.exists()
@@ -231,10 +222,10 @@ def test_an_interrupted_run_resumes_without_recomputing(chat: dict, tmp_path: Pa
     # a partial run under other settings is not mixed with a new one
     calls.update(n=0, limit=3)
     with pytest.raises(KeyboardInterrupt):
-        score_script.main(interrupted, chat["checkpoint"], batch_size=4)
+        score_script.score_dataset(interrupted, chat["checkpoint"], batch_size=4)
     calls.update(n=0, limit=None)
     with pytest.raises(UserError, match="other settings"):
-        score_script.main(interrupted, chat["checkpoint"], batch_size=4, max_seq_length=128)
+        score_script.score_dataset(interrupted, chat["checkpoint"], batch_size=4, max_seq_length=128)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -267,7 +258,7 @@ def test_judge_column_and_unparseable_count(chat: dict, tmp_path: Path, monkeypa
 
     monkeypatch.setattr(Judge, "rate", rate)
     data = _copy_data(chat, tmp_path / "data")
-    result = score_script.main(data, chat["checkpoint"], judge_checkpoint_dir=chat["checkpoint"], batch_size=8)
+    result = score_script.score_dataset(data, chat["checkpoint"], judge_checkpoint_dir=chat["checkpoint"], batch_size=8)
     rows = [chat["rows"][p["row"]] for p in TokenizedDataset(data, "train", None).provenance()]
     expected = [int(r["instruction"].split("number ")[1].rstrip(".")) % 6 for r in rows]
     judged = read_score_column(TokenizedDataset(data, "train", None), "judge")
@@ -278,7 +269,7 @@ def test_judge_column_and_unparseable_count(chat: dict, tmp_path: Path, monkeypa
     assert "judge" in json.loads((data / SCORES_JSON_NAME).read_text())["columns"]
 
     # scoring again without the judge drops the judge's files, which would no longer match
-    score_script.main(data, chat["checkpoint"], embeddings=False)
+    score_script.score_dataset(data, chat["checkpoint"], embeddings=False)
     assert not (data / "train" / JUDGE_NAME).exists() and not (data / "train" / EMBEDDINGS_NAME).exists()
     with pytest.raises(UserError, match="judge_checkpoint_dir"):
         read_score_column(TokenizedDataset(data, "train", None), "judge")
@@ -299,7 +290,7 @@ def test_mistakes_are_one_line_errors(chat: dict, alpaca_bos: dict, tmp_path: Pa
     ]
     for args, message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            cli(score_script.main, args=args)
+            cli(score_script.score_dataset, args=args)
         assert exit_info.value.code == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
@@ -309,7 +300,7 @@ def test_mistakes_are_one_line_errors(chat: dict, alpaca_bos: dict, tmp_path: Pa
 
 def test_finetune_order_score_sorts_by_a_score_column_with_nan_last(chat: dict, tmp_path: Path) -> None:
     from lit_gpt.batching import epoch_order, order_keys
-    from lit_gpt.data.scoring import write_scores
+    from lit_gpt.data.scores import write_scores
 
     data = _copy_data(chat, tmp_path / "data")
     train = TokenizedDataset(data, "train", None)

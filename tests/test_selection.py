@@ -2,7 +2,6 @@
 under the seed, written as a prepared dataset with a manifest; k-center covers planted clusters better than random."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -11,16 +10,15 @@ import numpy as np
 import pytest
 
 from lit_gpt.data.dataset import TokenizedDataset
-from lit_gpt.data.scoring import EMBEDDINGS_NAME, read_scores, response_tokens, write_scores
+from lit_gpt.data.scores import EMBEDDINGS_NAME, read_scores, write_scores
+from lit_gpt.data.scoring import response_tokens
 from lit_gpt.data.selection import covering_radius, k_center_greedy
 from lit_gpt.utils import UserError
 
+from helpers import load_script
 from test_scoring import build_workspace
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("select_dataset_script", ROOT / "scripts" / "select_dataset.py")
-select_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(select_script)
+select_script = load_script("scripts/select_dataset.py")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +49,7 @@ def planted(scored: dict, tmp_path: Path) -> Path:
 
 
 def _select(data: Path, out: Path, policy: str, **kwargs) -> tuple[dict, list[int]]:
-    manifest = select_script.main(data, policy, out, **{"k": 5, "seed": 0, **kwargs})
+    manifest = select_script.select_dataset(data, policy, out, **{"k": 5, "seed": 0, **kwargs})
     assert json.loads((out / "manifest.json").read_text()) == json.loads(json.dumps(manifest))
     return manifest, [entry["index"] for entry in manifest["kept"]]
 
@@ -102,7 +100,7 @@ def test_ifd_keeps_the_highest_below_one(planted: Path, tmp_path: Path) -> None:
     assert manifest["train"]["dropped_ifd_at_least_1"] == int((ifd >= 1).sum()) and 3 not in kept and 9 not in kept
     assert manifest["value"] == "ifd" and [e["value"] for e in manifest["kept"]] == sorted(ifd[kept], reverse=True)
     with pytest.raises(UserError, match=f"only {len(eligible)} examples have IFD < 1"):
-        select_script.main(planted, "ifd", tmp_path / "too_many", k=len(eligible) + 1)
+        select_script.select_dataset(planted, "ifd", tmp_path / "too_many", k=len(eligible) + 1)
 
 
 def test_loss_band_keeps_k_inside_the_band(planted: Path, tmp_path: Path) -> None:
@@ -114,7 +112,7 @@ def test_loss_band_keeps_k_inside_the_band(planted: Path, tmp_path: Path) -> Non
     _, again = _select(planted, tmp_path / "again", "loss_band", k=10, low=0.25, high=0.75)
     assert again == kept
     with pytest.raises(UserError, match="low < high"):
-        select_script.main(planted, "loss_band", tmp_path / "bad", k=3, low=0.8, high=0.2)
+        select_script.select_dataset(planted, "loss_band", tmp_path / "bad", k=3, low=0.8, high=0.2)
 
 
 def test_judge_keeps_the_highest_ratings_ties_by_seed(planted: Path, tmp_path: Path) -> None:
@@ -129,7 +127,7 @@ def test_judge_keeps_the_highest_ratings_ties_by_seed(planted: Path, tmp_path: P
     _, kept = _select(planted, tmp_path / "more", "judge", k=15)
     assert sorted(judge[kept].tolist(), reverse=True) == [5.0] * 10 + [4.0] * 5
     with pytest.raises(UserError, match="only 26 examples have a parseable judge rating"):
-        select_script.main(planted, "judge", tmp_path / "too_many", k=27)
+        select_script.select_dataset(planted, "judge", tmp_path / "too_many", k=27)
     # the judge's texts of the kept examples came along
     lines = (tmp_path / "more" / "train" / "judge.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["judge"] for line in lines) == sorted(judge[kept].tolist())
@@ -191,12 +189,12 @@ def test_policies_without_their_scores_say_which_command_makes_them(scored: dict
     ]
     for (data, policy, *rest), message in cases:
         with pytest.raises(SystemExit) as exit_info:
-            cli(select_script.main, args=["--data_dir", data, "--policy", policy, "--destination_path", out, *rest])
+            cli(select_script.select_dataset, args=["--data_dir", data, "--policy", policy, "--destination_path", out, *rest])
         assert exit_info.value.code == 1
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     with pytest.raises(UserError, match="new folder"):
-        select_script.main(bare, "random", bare, k=3)
+        select_script.select_dataset(bare, "random", bare, k=3)
     # random and longest need no scores at all
     assert len(_select(unscored, tmp_path / "plain", "longest", k=3)[1]) == 3
     assert not (tmp_path / "plain" / "scores.json").exists()

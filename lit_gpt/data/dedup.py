@@ -239,10 +239,10 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def dedup_dataset(
-    data_dirs: Sequence[Path],
+    data_dirs: list[Path],
     destination_path: Path,
     checkpoint_dir: Path | None = None,
-    eval_files: Sequence[Path] = (),
+    eval_files: list[Path] | None = None,
     threshold: float = 0.8,
     shingle_size: int = 3,
     num_perm: int = 128,
@@ -250,9 +250,28 @@ def dedup_dataset(
     report_examples: int = 5,
     min_overlap_words: int = 8,
 ) -> dict[str, Any]:
-    """Write DESTINATION_PATH: the training examples of DATA_DIRS that are neither duplicates nor overlap the
-    evaluation data (see the module docstring), and every test example, with `manifest.json`. Returns it."""
+    """Remove duplicate training examples, and those overlapping evaluation data, into a new prepared dataset.
+
+    Writes DESTINATION_PATH: the training examples of DATA_DIRS that are neither duplicates nor overlap the
+    evaluation data (see the module docstring), in order, and every test example, with `manifest.json`. Returns the
+    manifest.
+
+    Args:
+        data_dirs: Prepared datasets (same tokenizer and prompt style); of equal texts, the first in this order stays.
+        destination_path: The new dataset's folder (replaced as a whole on success).
+        checkpoint_dir: The model whose tokenizer decodes the examples. Default: the one in meta.json.
+        eval_files: Evaluation texts no training example may share an --overlap_ngram with: JSON/JSONL/CSV records
+            (all their strings) or a JSON list of strings, or a text file with one text per line.
+        threshold: Near-duplicates: word-shingle Jaccard similarity at which the later example goes.
+        shingle_size: Words per shingle for the near-duplicate similarity.
+        num_perm: MinHash permutations (more: fewer pairs near the threshold missed, slower).
+        overlap_ngram: Words in the n-grams that count as overlap with the test split or --eval_files.
+        report_examples: Removals of each reason shown in full (removed and matched text) in manifest.json.
+        min_overlap_words: A test or eval text shorter than --overlap_ngram words but at least this long overlaps a
+            training example that contains all of it, word for word; shorter ones are not checked (counted).
+    """
     data_dirs, destination_path = [Path(d) for d in data_dirs], Path(destination_path)
+    eval_files = [Path(p) for p in eval_files or ()]
     _check_options(data_dirs, destination_path, threshold, shingle_size, num_perm, overlap_ngram, min_overlap_words)
     splits = {split: [TokenizedDataset(d, split, None) for d in data_dirs] for split in ("train", "test")}
     check_same_tokenizer(splits["train"])

@@ -105,9 +105,9 @@ def mix_split(
 
 
 def mix_datasets(
-    data_dirs: Sequence[Path],
+    data_dirs: list[Path],
     destination_path: Path,
-    weights: Sequence[float] | None = None,
+    weights: list[float] | None = None,
     by: Unit = "examples",
     replacement: bool = False,
     num_examples: int | None = None,
@@ -115,8 +115,22 @@ def mix_datasets(
     test_split: Literal["all", "weighted"] = "all",
     seed: int = 42,
 ) -> dict[str, Any]:
-    """Write DESTINATION_PATH: a mix of the prepared datasets in DATA_DIRS by `weights` (see the module docstring),
-    with `manifest.json`. Returns the manifest."""
+    """Mix prepared datasets by weights into DESTINATION_PATH, with manifest.json (examples and tokens per source).
+
+    How sizes, weights, replacement and the test split work: see the module docstring. Returns the manifest.
+
+    Args:
+        data_dirs: Prepared datasets, all made for the same tokenizer and prompt style.
+        destination_path: The mix's folder (replaced as a whole on success).
+        weights: One per dataset, normalised to sum to 1 (default: equal).
+        by: What the weights are shares of: examples, or tokens (prompt and response).
+        replacement: Draw examples with replacement, so a source can give more than it has (needs a size).
+        num_examples: Train examples in the mix (with --by examples). Default: as many as possible without
+            replacement at these weights.
+        num_tokens: Train tokens in the mix (with --by tokens). Default: as many as possible without replacement.
+        test_split: all: every test example of every source; weighted: drawn by the same weights.
+        seed: Decides which examples are drawn; the same inputs and seed give a byte-identical mix.
+    """
     data_dirs, destination_path = [Path(d) for d in data_dirs], Path(destination_path)
     weights_array = _check_options(data_dirs, destination_path, weights, by, num_examples, num_tokens, test_split)
     if seed < 0:

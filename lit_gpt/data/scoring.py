@@ -1,30 +1,7 @@
 """Per-example quality columns computed with a local model, stored beside a prepared dataset.
 
-`scripts/score_dataset.py` runs `score_dataset`; selection (`lit_gpt.data.selection`) and `--order score` in
-finetune/lora.py read the columns back with `read_scores` / `read_score_column`. Files it adds to the data folder:
-
-    DATA_DIR/
-      scores.json              what was computed, with which model and settings; one description per column
-      train/ and test/
-        scores.npy             a numpy structured array, one row per example in split order, columns:
-                                 loss_with_prompt  float64  mean cross-entropy (nats) of the response tokens given
-                                                            the prompt: the finetuning loss of this one example
-                                 loss_alone        float64  mean cross-entropy of the same response tokens with no
-                                                            prompt (BOS first when the tokenizer adds one)
-                                 ifd               float64  loss_with_prompt / loss_alone, the Instruction-Following
-                                                            Difficulty of Li et al. 2023 (arXiv:2308.12032)
-                                 tokens            int64    tokens in the example (prompt + response)
-                                 response_tokens   int64    tokens with a loss (label != IGNORE_INDEX)
-                                 judge             float64  (with --judge_checkpoint_dir) the judge's 1-5 rating
-        embeddings.npy         float32 (n, n_embd), with --embeddings: mean final hidden state over the example's
-                               tokens, the cheap embedding `--policy diverse` spreads its picks over
-        judge.jsonl            with --judge_checkpoint_dir: per example {"judge": rating or null, "text": what the
-                               judge wrote}, so a rating can be checked by reading
-        scores.partial/        only while a run is unfinished: finished batches, read back by a restarted run
-
-NaN marks a value that is undefined: a loss over zero tokens (a response cut off entirely by max_seq_length, or,
-without BOS, a one-token response alone: its only token has nothing before it to be predicted from), the IFD of
-such an example, and an unparseable judge rating.
+`scripts/score_dataset.py` runs `score_dataset`; the files it writes, and how they are read back, are in
+`lit_gpt.data.scores`.
 
 Why the two losses: a response the model predicts about as well without the instruction (IFD near or above 1)
 teaches little about following instructions; Cherry LLM keeps the highest-IFD examples below 1 and Superfiltering
@@ -46,35 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lit_gpt.collate import packed_collate
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.data.layout import SPLITS
+from lit_gpt.data.scores import (COLUMNS, EMBEDDINGS_NAME, FORMAT, JUDGE_NAME, PARTIAL_NAME, SCORES_JSON_NAME,
+                                 write_scores)
 from lit_gpt.data.tokenize import IGNORE_INDEX
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import (LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, atomic_write_text, peak_memory_mb,
-                           read_json)
-
-FORMAT = "lit_gpt.scores.v1"
-SCORES_JSON_NAME = "scores.json"
-SCORES_NAME = "scores.npy"
-EMBEDDINGS_NAME = "embeddings.npy"
-JUDGE_NAME = "judge.jsonl"
-PARTIAL_NAME = "scores.partial"
-
-COLUMNS: dict[str, str] = {
-    "loss_with_prompt": "mean cross-entropy (nats) of the response tokens given the prompt",
-    "loss_alone": "mean cross-entropy of the same response tokens with no prompt (BOS first if the tokenizer adds "
-                  "one; without BOS the first response token is not scored)",
-    "ifd": "loss_with_prompt / loss_alone: Instruction-Following Difficulty (Li et al. 2023); >= 1 means the prompt "
-           "does not help predict the response",
-    "tokens": "tokens in the example, prompt and response",
-    "response_tokens": "tokens with a loss (label != IGNORE_INDEX)",
-    "judge": "the judge model's rating, 1 to 5 (NaN: unparseable)",
-}
-_FLOAT_COLUMNS = ("loss_with_prompt", "loss_alone", "ifd", "judge")
-
-SCORE_HINT = "python scripts/score_dataset.py --data_dir {data_dir} --checkpoint_dir checkpoints/ORG/NAME"
-
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, peak_memory_mb, read_json
 
 # ------------------------------------------------------------------------------------------------ losses
 
@@ -254,8 +211,6 @@ def _write_chunk(partial: Path, rows: list[dict[str, Any]]) -> None:
 def _one_row(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The batch as one packed row: no padding (the responses alone vary in length even when the examples do not),
     and each example attends only to itself, through SDPA's fused causal kernel on its own slice."""
-    from lit_gpt.batching import packed_collate
-
     total = sum(len(s["input_ids"]) for s in samples)
     return packed_collate(samples, max_seq_length=total, row_length=total)
 
@@ -342,94 +297,6 @@ def score_split(
     return results, len(pending), int(np.minimum(lengths[pending], max_seq_length).sum()) if pending else 0
 
 
-# ------------------------------------------------------------------------------------------------ files
-
-
-def write_scores(data_dir: Path, split: str, columns: dict[str, np.ndarray], embeddings: np.ndarray | None = None,
-                 judge_text: Sequence[str] | None = None) -> None:
-    """Write `split`'s scores.npy (the given COLUMNS, in COLUMNS order), and embeddings.npy / judge.jsonl when
-    given, each atomically."""
-    unknown = set(columns) - set(COLUMNS)
-    assert not unknown, f"unknown score columns {unknown}"
-    names = [name for name in COLUMNS if name in columns]
-    n = len(columns[names[0]])
-    table = np.zeros(n, dtype=[(name, "f8" if name in _FLOAT_COLUMNS else "i8") for name in names])
-    for name in names:
-        table[name] = columns[name]
-    folder = Path(data_dir) / split
-    with atomic_path(folder / SCORES_NAME) as tmp, tmp.open("wb") as f:
-        np.save(f, table)
-    if embeddings is not None:
-        with atomic_path(folder / EMBEDDINGS_NAME) as tmp, tmp.open("wb") as f:
-            np.save(f, np.ascontiguousarray(embeddings, dtype=np.float32))
-    if judge_text is not None:
-        lines = (json.dumps({"judge": None if np.isnan(v) else float(v), "text": t}, ensure_ascii=False) + "\n"
-                 for v, t in zip(columns["judge"], judge_text))
-        atomic_write_text(folder / JUDGE_NAME, "".join(lines))
-
-
-def read_scores(data_dir: Path | str, split: str = "train") -> np.ndarray:
-    """The structured array of `split`'s scores (fields: the COLUMNS that were computed), one row per example."""
-    path = Path(data_dir) / split / SCORES_NAME
-    if not path.is_file():
-        raise UserError(f"{data_dir} has no scores ({split}/{SCORES_NAME}); compute them with "
-                        + SCORE_HINT.format(data_dir=data_dir))
-    return np.load(path, allow_pickle=False)
-
-
-def read_score_column(dataset: TokenizedDataset, column: str) -> np.ndarray:
-    """Column `column` of `dataset`'s split, one value per example (NaN where undefined, see the module docstring)."""
-    scores = read_scores(dataset.data_dir, dataset.folder.name)
-    if len(scores) != len(dataset):
-        raise UserError(f"{dataset.folder / SCORES_NAME} has {len(scores)} rows for {len(dataset)} examples: the data "
-                        "changed after scoring; score it again with " + SCORE_HINT.format(data_dir=dataset.data_dir))
-    if column not in COLUMNS:
-        raise UserError(f"{column!r} is not a score column; pick one of {', '.join(COLUMNS)}")
-    if column not in (scores.dtype.names or ()):
-        how = " --judge_checkpoint_dir checkpoints/ORG/INSTRUCT_MODEL" if column == "judge" else ""
-        raise UserError(f"{dataset.data_dir} has no score column {column!r} (it has {', '.join(scores.dtype.names)}); "
-                        "compute it with " + SCORE_HINT.format(data_dir=dataset.data_dir) + how)
-    return np.asarray(scores[column])
-
-
-def read_embeddings(dataset: TokenizedDataset) -> np.ndarray:
-    """(n, n_embd) float32 example embeddings of `dataset`'s split (from `score_dataset(..., embeddings=True)`)."""
-    path = dataset.folder / EMBEDDINGS_NAME
-    if not path.is_file():
-        raise UserError(f"{dataset.data_dir} has no embeddings ({dataset.folder.name}/{EMBEDDINGS_NAME}); compute "
-                        "them with " + SCORE_HINT.format(data_dir=dataset.data_dir) + " --embeddings true")
-    embeddings = np.load(path, allow_pickle=False)
-    if len(embeddings) != len(dataset):
-        raise UserError(f"{path} has {len(embeddings)} rows for {len(dataset)} examples; score the data again")
-    return embeddings
-
-
-def copy_scores(source_dir: Path, destination: Path, picks: dict[str, Sequence[int]]) -> bool:
-    """Give a derived dataset the score rows of the examples it took (`picks[split]`: source indices, in the
-    destination's order), so it can be ordered or selected from again. False when the source has no scores."""
-    described = Path(source_dir) / SCORES_JSON_NAME
-    if not described.is_file():
-        return False
-    info = read_json(described)
-    for split, indices in picks.items():
-        folder = Path(source_dir) / split
-        if not (folder / SCORES_NAME).is_file():
-            continue
-        index = np.asarray(indices, dtype=np.int64)
-        table = read_scores(source_dir, split)[index]
-        embeddings = np.load(folder / EMBEDDINGS_NAME)[index] if (folder / EMBEDDINGS_NAME).is_file() else None
-        judge_text = None
-        if (folder / JUDGE_NAME).is_file():
-            with (folder / JUDGE_NAME).open(encoding="utf-8") as f:
-                texts = [json.loads(line)["text"] for line in f]
-            judge_text = [texts[i] for i in index]
-        write_scores(destination, split, {name: table[name] for name in table.dtype.names}, embeddings, judge_text)
-        info["splits"][split]["samples"] = len(index)
-    info["copied_from"] = str(source_dir)
-    atomic_write_json(Path(destination) / SCORES_JSON_NAME, info)
-    return True
-
-
 # ------------------------------------------------------------------------------------------------ the pipeline
 
 
@@ -451,17 +318,30 @@ def score_dataset(
     flush_every: int = 20,
     precision: str | None = None,
 ) -> dict[str, Any]:
-    """Score both splits of DATA_DIR with the model in CHECKPOINT_DIR and write the columns beside the data.
+    """Score both splits of a prepared dataset with a local model and store the columns with the data.
 
-    Returns scores.json's content plus this run's `examples` and `tokens` (computed now), `seconds`,
-    `examples_per_s`, `tokens_per_s` and `peak_memory_mb`.
+    Writes the columns beside DATA_DIR's examples and prints a summary per split. Returns scores.json's content plus
+    this run's `examples` and `tokens` (computed now), `seconds`, `examples_per_s`, `tokens_per_s` and
+    `peak_memory_mb`.
+
+    Args:
+        data_dir: A prepared dataset (from a prepare script, or a mixed/deduplicated/selected one).
+        checkpoint_dir: The scoring model; the data must have been prepared with its tokenizer. A small model is
+            enough: Superfiltering found GPT-2's IFD ranks data like a 7B model's.
+        judge_checkpoint_dir: An instruction model with a chat template that also rates each example 1-5,
+            AlpaGasus-style (the `judge` column; slow: one generation per example).
+        batch_size: Examples per forward pass, packed into one row (no padding); longest first.
+        max_seq_length: Cut examples to this many tokens (default: the model's context).
+        embeddings: Also save each example's mean final hidden state (`embeddings.npy`, for --policy diverse).
+        judge_max_new_tokens: Tokens the judge may write after "Score:".
+        flush_every: Save finished results every this many batches; a restarted run skips them.
+        precision: 32-true, bf16-true or 16-true (default: bf16-true on a GPU that supports it, else 32-true).
     """
     from lit_gpt.checkpoint import load_model
-    from lit_gpt.utils import default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+    from lit_gpt.utils import DOWNLOAD_HINT, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
     data_dir = Path(data_dir)
-    hint = "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME"
-    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir", hint)
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir", DOWNLOAD_HINT)
     if batch_size < 1 or flush_every < 1:
         raise UserError("--batch_size and --flush_every must be at least 1")
     tokenizer = Tokenizer(checkpoint_dir)
@@ -481,7 +361,7 @@ def score_dataset(
     judge = None
     if judge_checkpoint_dir is not None:
         judge_checkpoint_dir = require_dir(resolve_checkpoint_dir(judge_checkpoint_dir), "--judge_checkpoint_dir",
-                                           hint)
+                                           DOWNLOAD_HINT)
         judge = Judge(load_model(judge_checkpoint_dir, device=device, dtype=dtype).eval(),
                       Tokenizer(judge_checkpoint_dir), judge_max_new_tokens)
 
@@ -527,9 +407,23 @@ def score_dataset(
         info["splits"][split] = _summary(results)
     atomic_write_json(data_dir / SCORES_JSON_NAME, info)
     seconds = time.perf_counter() - start
-    return {**info, "examples": computed, "tokens": tokens, "seconds": seconds,
-            "examples_per_s": computed / seconds if seconds else 0.0, "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "peak_memory_mb": peak_memory_mb(device)}
+    result = {**info, "examples": computed, "tokens": tokens, "seconds": seconds,
+              "examples_per_s": computed / seconds if seconds else 0.0,
+              "tokens_per_s": tokens / seconds if seconds else 0.0, "peak_memory_mb": peak_memory_mb(device)}
+    _print_report(result, data_dir)
+    return result
+
+
+def _print_report(result: dict[str, Any], data_dir: Path) -> None:
+    for split, summary in result["splits"].items():
+        line = (f"{split}: {summary['samples']} examples, mean IFD {summary['ifd_mean']}, "
+                f"IFD >= 1: {summary['ifd_at_least_1']}, IFD undefined: {summary['ifd_undefined']}")
+        if "judge_unparseable" in summary:
+            line += f", judge ratings {summary['judge_counts']}, unparseable: {summary['judge_unparseable']}"
+        print(line)
+    print(f"Scored {result['examples']:,} examples ({result['tokens']:,} tokens) in {result['seconds']:.1f} s: "
+          f"{result['examples_per_s']:.2f} examples/s, {result['tokens_per_s']:,.0f} tokens/s, peak memory "
+          f"{result['peak_memory_mb']:,.0f} MB; wrote {data_dir / SCORES_JSON_NAME}")
 
 
 def _summary(results: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -15,20 +15,21 @@ Policies (`--policy`), each returning exactly k examples of the train split (the
 
 Ties are broken by a permutation drawn from the seed, so the same data, scores and seed always give the same
 subset. ifd, loss_band and judge read `scores.npy` and diverse reads `embeddings.npy` of the train split
-(`lit_gpt.data.scoring`, made by scripts/score_dataset.py); random and longest need no model at all.
+(`lit_gpt.data.scores`, made by scripts/score_dataset.py); random and longest need no model at all.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.utils import UserError
 
-POLICIES = ("random", "longest", "ifd", "loss_band", "judge", "diverse")
+Policy = Literal["random", "longest", "ifd", "loss_band", "judge", "diverse"]
+POLICIES: tuple[str, ...] = get_args(Policy)
 
 
 @dataclass
@@ -84,7 +85,8 @@ def normalize(embeddings: np.ndarray) -> np.ndarray:
 def select(dataset: TokenizedDataset, policy: str, k: int, seed: int, low: float = 0.1,
            high: float = 0.9) -> Selection:
     """Exactly `k` examples of `dataset` (a train split) by `policy` (one of POLICIES)."""
-    from lit_gpt.data.scoring import read_embeddings, read_score_column, response_tokens
+    from lit_gpt.data.scores import read_embeddings, read_score_column
+    from lit_gpt.data.scoring import response_tokens
 
     n = len(dataset)
     if not 1 <= k <= n:
@@ -151,7 +153,7 @@ def _enough(eligible: int, k: int, what: str) -> None:
 
 def select_dataset(
     data_dir: Path,
-    policy: str,
+    policy: Policy,
     destination_path: Path,
     k: int | None = None,
     fraction: float | None = None,
@@ -159,11 +161,25 @@ def select_dataset(
     low: float = 0.1,
     high: float = 0.9,
 ) -> dict[str, Any]:
-    """Write DESTINATION_PATH: the `policy`'s k train examples of DATA_DIR (in their original order) and its whole
+    """Select training examples by a policy into a new prepared dataset (train: the kept ones; test: all).
+
+    Writes DESTINATION_PATH: the `policy`'s k train examples of DATA_DIR (in their original order) and its whole
     test split, with `manifest.json` (the kept examples in rank order, each with the value that decided it) and
-    the kept examples' score rows. Returns the manifest."""
+    the kept examples' score rows. Returns the manifest.
+
+    Args:
+        data_dir: A prepared dataset; ifd/loss_band/judge/diverse need its scores (scripts/score_dataset.py).
+        policy: random | longest (longest responses) | ifd (highest IFD below 1) | loss_band (random within the
+            loss quantile band) | judge (highest judge ratings) | diverse (k-center greedy on embeddings).
+        destination_path: The new dataset's folder (replaced as a whole on success).
+        k: How many train examples to keep.
+        fraction: Or: which share of the train split to keep.
+        seed: Decides random draws and the order of ties.
+        low: loss_band: the lower quantile of loss_with_prompt.
+        high: loss_band: the upper quantile of loss_with_prompt.
+    """
     from lit_gpt.data.derive import MANIFEST_NAME, dataset_sha256, write_derived
-    from lit_gpt.data.scoring import SCORES_JSON_NAME, copy_scores
+    from lit_gpt.data.scores import SCORES_JSON_NAME, copy_scores
 
     data_dir, destination_path = Path(data_dir), Path(destination_path)
     if policy not in POLICIES:
