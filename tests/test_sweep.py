@@ -61,13 +61,14 @@ class Outcome:
     result: Any = None
 
 
-def run(function: Callable[..., Any], *args: Any) -> Outcome:
-    """`python SCRIPT ARGS` in-process: the exit status, stdout, stderr and the function's return value."""
+def run(function: Callable[..., Any], *args: Any, then: Callable[[Any], Any] | None = None) -> Outcome:
+    """`python SCRIPT ARGS` in-process: the exit status, stdout, stderr and the function's return value (`then`: as
+    `cli(function, run=then)`, for a script whose flags are a dataclass)."""
     out, err = io.StringIO(), io.StringIO()
     code, result = 0, None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            result = cli(function, [str(a) for a in args])
+            result = cli(function, [str(a) for a in args], run=then)
         except SystemExit as e:
             code = e.code
     return Outcome(code, out.getvalue(), err.getvalue(), result)
@@ -199,21 +200,21 @@ def test_rerun_over_our_own_output_replaces_it(world, tmp_path: Path) -> None:
 def test_mix_into_one_of_its_sources_is_refused(world, tmp_path: Path) -> None:
     a, b = copy(world["data"], tmp_path / "a"), copy(world["data"], tmp_path / "b")
     with unchanged(a, b):
-        refused(run(script("scripts/mix_datasets.py"), "--data_dirs", a, b, "--destination_path", a),
+        refused(run(script("scripts/mix_datasets.py", "mix_datasets"), "--data_dirs", a, b, "--destination_path", a),
                 str(a), "write the mix to a new folder")
 
 
 def test_select_into_its_source_is_refused(world, tmp_path: Path) -> None:
     a = copy(world["data"], tmp_path / "a")
     with unchanged(a):
-        refused(run(script("scripts/select_dataset.py"), "--data_dir", a, "--policy", "random", "--k", 2,
+        refused(run(script("scripts/select_dataset.py", "select_dataset"), "--data_dir", a, "--policy", "random", "--k", 2,
                     "--destination_path", a), str(a), "write the selection to a new folder")
 
 
 def test_dedup_into_its_source_is_refused(world, tmp_path: Path) -> None:
     a = copy(world["data"], tmp_path / "a")
     with unchanged(a):
-        refused(run(script("scripts/dedup_dataset.py"), "--data_dirs", a, "--destination_path", a), str(a))
+        refused(run(script("scripts/dedup_dataset.py", "dedup_dataset"), "--data_dirs", a, "--destination_path", a), str(a))
 
 
 def test_prepare_into_a_file_is_refused(world, tmp_path: Path) -> None:
@@ -656,7 +657,7 @@ def test_lone_surrogate(world, tmp_path: Path) -> None:
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(rows))  # ASCII JSON with the escape "\ud800", as a broken exporter writes it
     refused(prepare("--data_file", data, "--checkpoint_dir", world["base"], "--destination_path", tmp_path / "out"),
-            f"{data}, row 2: field 'output' holds a lone UTF-16 surrogate")
+            f"{data}, record 3: field 'output' holds a lone UTF-16 surrogate")
     assert not (tmp_path / "out").exists()
 
 
@@ -681,14 +682,14 @@ def test_oasst_rank_of_the_wrong_type(world, tmp_path: Path) -> None:
     def edit(trees: list[dict[str, Any]]) -> None:
         trees[0]["replies"][0]["rank"] = "first"
 
-    refused(_oasst(world, tmp_path, edit), "trees.jsonl, row 0", "'rank' of message a2 must be a whole number")
+    refused(_oasst(world, tmp_path, edit), "trees.jsonl, line 1", "'rank' of message a2 must be a whole number")
 
 
 def test_oasst_lang_of_the_wrong_type(world, tmp_path: Path) -> None:
     def edit(trees: list[dict[str, Any]]) -> None:
         trees[0]["lang"] = ["en"]
 
-    refused(_oasst(world, tmp_path, edit, "--lang", "null"), "trees.jsonl, row 0", "must be a string")
+    refused(_oasst(world, tmp_path, edit, "--lang", "null"), "trees.jsonl, line 1", "must be a string")
 
 
 def test_oasst_reads_a_good_file(world, tmp_path: Path) -> None:
@@ -786,9 +787,10 @@ def test_as_a_user_runs_it_exit_1_and_one_line(world, tmp_path: Path) -> None:
 
 def test_finetune_records_the_base_and_its_adapter_is_refused_elsewhere(world, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    ok(run(script("finetune/lora.py", "setup"), "--checkpoint_dir", world["base"], "--data_dir", world["data"],
+    ok(run(script("finetune/lora.py", "Settings"), "--checkpoint_dir", world["base"], "--data_dir", world["data"],
            "--out_dir", out, "--precision", "32-true", "--batch_size", 2, "--micro_batch_size", 2, "--max_iters", 4,
-           "--warmup_steps", 1, "--eval_interval", 4, "--eval_iters", 1, "--save_interval", 4))
+           "--warmup_steps", 1, "--eval_interval", 4, "--eval_iters", 1, "--save_interval", 4,
+           then=script("finetune/lora.py", "setup")))
     with safe_open(str(out / "lit_lora.safetensors"), framework="pt") as f:
         assert json.loads(f.metadata()["base_checkpoint"]) == json.loads(base_fingerprint(world["base"]))
     ok(generate(world["base"], "--lora_path", out / "lit_lora.safetensors"))
