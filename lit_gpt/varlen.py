@@ -55,9 +55,11 @@ def packed_attention(
     `backend`: "auto" (flex on CUDA, loop elsewhere), or "loop" / "flex" to force one; flex runs uncompiled on
     CPU (FlexAttention's reference implementation, for tests), compiled on CUDA.
     """
-    lengths = tuple(int(n) for n in lengths)
-    if sum(lengths) != q.size(2) or min(lengths, default=0) < 1:
-        raise ValueError(f"example lengths {lengths} do not partition the row's {q.size(2)} positions")
+    # checked eagerly only: under torch.compile the lengths are symbolic, and comparing them would specialize the
+    # graph to one row's lengths (a recompile per row)
+    if not torch.compiler.is_compiling() and (sum(lengths) != q.size(2) or min(lengths, default=0) < 1):
+        raise ValueError(f"example lengths {tuple(lengths)} do not partition the row's {q.size(2)} positions")
+    lengths = tuple(lengths)
     if backend == "auto":
         backend = "flex" if q.is_cuda else "loop"
     if backend == "loop":
