@@ -42,19 +42,24 @@ Backend = Literal["auto", "loop", "flex"]
 
 
 def packed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int], *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths, *,
     sliding_window: int | None = None, scale: float | None = None, softcap: float | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
     """Causal attention confined to each example of one packed row: q (B, nh, T, hs), k and v (B, ng, T, hs) with
     ng dividing nh (GQA/MQA when ng < nh), `lengths` the examples' lengths in order (sum = T; every row of the
-    batch packed alike, in practice B = 1). Returns (B, nh, T, hs).
+    batch packed alike, in practice B = 1), or a `rows_block_mask` of the rows' positions (any rows, flex only; its
+    sliding window is in the mask). Returns (B, nh, T, hs).
 
     `sliding_window` w: a query at position p (counted from its example's start) sees positions p - w + 1 .. p.
     `scale`: the factor on q.k (default 1 / sqrt(hs)). `softcap` c: scores become c * tanh(score / c) (Gemma 2).
     `backend`: "auto" (flex on CUDA, loop elsewhere), or "loop" / "flex" to force one; flex runs uncompiled on
     CPU (FlexAttention's reference implementation, for tests), compiled on CUDA.
     """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    if isinstance(lengths, BlockMask):
+        return _run_flex(q, k, v, lengths, scale, softcap)
     # checked eagerly only: under torch.compile the lengths are symbolic, and comparing them would specialize the
     # graph to one row's lengths (a recompile per row)
     if not torch.compiler.is_compiling() and (sum(lengths) != q.size(2) or min(lengths, default=0) < 1):
@@ -111,14 +116,19 @@ def _math_attention(q, k, v, mask: torch.Tensor, scale: float | None, softcap: f
 
 
 def _flex(q, k, v, lengths, sliding_window, scale, softcap) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import flex_attention
-
     T = q.size(2)
     padded = -(-T // BLOCK) * BLOCK
-    if padded > T:  # the padding is one more example: it sees only itself, and is cut off below
+    if padded > T:  # the padding is one more example: it sees only itself, and is cut off in `_run_flex`
         lengths = (*lengths, padded - T)
+    return _run_flex(q, k, v, _eager_block_mask(lengths, sliding_window, q.device), scale, softcap)
+
+
+def _run_flex(q, k, v, block_mask, scale, softcap) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    T, padded = q.size(2), block_mask.seq_lengths[0]
+    if padded > T:
         q, k, v = (F.pad(t, (0, 0, 0, padded - T)) for t in (q, k, v))  # (B, n, padded, hs)
-    block_mask = _eager_block_mask(lengths, sliding_window, q.device)
     score_mod = None if softcap is None else _softcap_mod(softcap)
     # inside a compiled model dynamo traces flex_attention into the model's graph; called eagerly on CUDA it needs
     # its own compiled wrapper (uncompiled it is FlexAttention's reference path, which builds the T x T scores)
@@ -170,3 +180,27 @@ def document_block_mask(lengths: tuple[int, ...], sliding_window: int | None, de
 
 # run eagerly inside a compiled model (a graph break there), so that the cache serves every layer there too
 _eager_block_mask = torch.compiler.disable(document_block_mask)
+
+
+@torch.compiler.disable
+def rows_block_mask(positions: torch.Tensor, sliding_window: int | None = None):
+    """FlexAttention's BlockMask for rows of packed examples given by their positions (B, T), restarting at 0 at
+    each example's start (`lit_gpt.batching.packed_collate`), the rows padded to a multiple of BLOCK (each padding
+    token its own example). For the model to build once per forward pass: it stays on the device (no lengths
+    copied to the host), and a compiled model then sees each row's layout as data, not as a new tuple of lengths to
+    specialize (recompile) for; rows may differ within a batch.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = positions.shape
+    padded = -(-T // BLOCK) * BLOCK
+    positions = F.pad(positions, (0, padded - T))  # (B, padded): 0s, each a one-token example
+    document = (positions == 0).cumsum(dim=-1)  # (B, padded): which example each token belongs to
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        visible = (document[b, q_idx] == document[b, kv_idx]) & (kv_idx <= q_idx)
+        if sliding_window is not None:
+            visible = visible & (q_idx - kv_idx < sliding_window)
+        return visible
+
+    return create_block_mask(mask_mod, B=B, H=None, Q_LEN=padded, KV_LEN=padded, device=positions.device)

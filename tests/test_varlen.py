@@ -11,7 +11,7 @@ import torch
 
 from lit_gpt.config import Config
 from lit_gpt.model import CausalSelfAttention, apply_rope, build_packed_mask, build_rope_cache
-from lit_gpt.varlen import BLOCK, document_block_mask, packed_attention
+from lit_gpt.varlen import BLOCK, document_block_mask, packed_attention, rows_block_mask
 
 # on CPU FlexAttention runs its uncompiled reference implementation, which is the point here
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
@@ -152,3 +152,18 @@ def test_auto_picks_the_loop_on_cpu(monkeypatch) -> None:
     q, k, v = _qkv((3, 5), 2, 2)
     monkeypatch.setattr(varlen, "_flex", lambda *a: pytest.fail("flex ran on CPU"))
     packed_attention(q, k, v, (3, 5))
+
+
+@pytest.mark.parametrize("sliding_window", [None, 5])
+def test_a_block_mask_of_several_rows_positions(sliding_window) -> None:
+    """Rows packed differently in one batch, given by their positions as the model has them: each row equals the
+    dense reference of its own examples."""
+    rows = ((1, 130, 7, 102), (200, 40))  # 240 tokens each: padded to 256
+    q, k, v = (torch.cat(pair) for pair in zip(_qkv((240,), 4, 2, seed=1), _qkv((240,), 4, 2, seed=2)))  # B = 2
+    positions = torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows])  # (2, 240)
+    mask = rows_block_mask(positions, sliding_window)
+    assert mask.seq_lengths == (256, 256)
+    y = packed_attention(q, k, v, mask, softcap=2.0)
+    for b, row in enumerate(rows):
+        expected = _dense_reference(q[b : b + 1], k[b : b + 1], v[b : b + 1], row, sliding_window, None, 2.0)
+        torch.testing.assert_close(y[b : b + 1], expected, rtol=1e-5, atol=1e-5)
