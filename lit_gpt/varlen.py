@@ -23,6 +23,13 @@ from torch 2.5 (checked against 2.11's and 2.13's signatures: flex_attention(q, 
 enable_gqa) and create_block_mask(mask_mod, B, H, Q_LEN, KV_LEN, device)). flash-attn's varlen kernels would be the
 optional extra; they are not needed for this.
 
+The flex path takes its mask in either of two forms. From the lengths (`document_block_mask`, cached: every layer
+of a forward pass reuses it), or from the rows' positions (`rows_block_mask`, for the model to build once per
+forward). The second is the one for `torch.compile`: the lengths are a Python tuple, and a compiled model
+specializes on it and compiles again for every new number of examples in a row, while positions are a tensor whose
+contents are data to the compiled graph (measured on CPU under aot_eager: 2 graphs for every row layout, against 2
+more per new layout with lengths).
+
 On the flex path the row is padded to a multiple of 128 (FlexAttention's block size) with a dummy example that
 sees only itself, then cut back: fewer distinct shapes to compile, and no partial last block (a partial block with
 a score_mod gave NaN gradients in torch 2.7, pytorch/pytorch#153799).
@@ -32,17 +39,20 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 BLOCK = 128  # FlexAttention's default block size: rows are padded to a multiple of it
 Backend = Literal["auto", "loop", "flex"]
 
 
 def packed_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths, *,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: Sequence[int] | BlockMask, *,
     sliding_window: int | None = None, scale: float | None = None, softcap: float | None = None,
     backend: Backend = "auto",
 ) -> torch.Tensor:
@@ -157,7 +167,7 @@ def _softcap_mod(softcap: float):
 # the same row reaches every layer of a forward pass (and the recomputation of activation checkpointing): its mask
 # is built once
 @functools.lru_cache(maxsize=8)
-def document_block_mask(lengths: tuple[int, ...], sliding_window: int | None, device: torch.device):
+def document_block_mask(lengths: tuple[int, ...], sliding_window: int | None, device: torch.device) -> BlockMask:
     """FlexAttention's BlockMask for one packed row of examples of `lengths` (their sum a multiple of BLOCK is best).
 
     Made by create_block_mask from the same rule as `_causal` per example: it evaluates the rule on all T x T pairs
@@ -183,7 +193,7 @@ _eager_block_mask = torch.compiler.disable(document_block_mask)
 
 
 @torch.compiler.disable
-def rows_block_mask(positions: torch.Tensor, sliding_window: int | None = None):
+def rows_block_mask(positions: torch.Tensor, sliding_window: int | None = None) -> BlockMask:
     """FlexAttention's BlockMask for rows of packed examples given by their positions (B, T), restarting at 0 at
     each example's start (`lit_gpt.batching.packed_collate`), the rows padded to a multiple of BLOCK (each padding
     token its own example). For the model to build once per forward pass: it stays on the device (no lengths
