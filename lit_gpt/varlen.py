@@ -39,13 +39,11 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from torch.nn.attention.flex_attention import BlockMask
+from torch.nn.attention.flex_attention import BlockMask  # 10 ms to import; the kernels compile on first use
 
 BLOCK = 128  # FlexAttention's default block size: rows are padded to a multiple of it
 Backend = Literal["auto", "loop", "flex"]
@@ -66,8 +64,6 @@ def packed_attention(
     `backend`: "auto" (flex on CUDA, loop elsewhere), or "loop" / "flex" to force one; flex runs uncompiled on
     CPU (FlexAttention's reference implementation, for tests), compiled on CUDA.
     """
-    from torch.nn.attention.flex_attention import BlockMask
-
     if isinstance(lengths, BlockMask):
         return _run_flex(q, k, v, lengths, scale, softcap)
     # checked eagerly only: under torch.compile the lengths are symbolic, and comparing them would specialize the
