@@ -875,8 +875,34 @@ def markdown(results: dict) -> str:
              "| phase | status | seconds | summary |", "|---|---|---|---|"]
     for name, r in results["phases"].items():
         lines.append(f"| {name} | {r['status']} | {r.get('seconds', 0):.1f} | {_summary(name, r)} |")
+    lines += _headline(results["phases"])
     lines += ["", "Full results: gpu_check.json (same folder)."]
     return "\n".join(lines) + "\n"
+
+
+def _headline(phases: dict) -> list[str]:
+    """The issue's targets: MFU >= 50% (exact count) and more real tokens/s than both peers, same shapes and steps."""
+    throughput = (phases.get("throughput") or {}).get("result") or (phases.get("throughput") or {}).get("partial")
+    if not throughput:
+        return []
+    ours = {label: throughput[label]["tokens_per_s"] for label in ("eager", "compiled")
+            if "tokens_per_s" in (throughput.get(label) or {})}
+    if not ours:
+        return []
+    best_label, best = max(ours.items(), key=lambda kv: kv[1])
+    mfu = throughput[best_label].get("mfu_exact")
+    lines = ["", "## Targets", "", f"- ours, best of eager/compiled ({best_label}): {best:,.0f} real tokens/s"
+             + (f", MFU {mfu:.1%} exact ({throughput[best_label]['mfu_6N']:.1%} by 6N): target 50%, "
+                f"{'met' if mfu >= 0.5 else 'NOT met'}" if mfu is not None else ", no bf16 peak known for this device")]
+    peers = (phases.get("peers") or {}).get("result") or (phases.get("peers") or {}).get("partial") or {}
+    for name, r in peers.items():
+        if "tokens_per_s" in r:
+            ratio = best / r["tokens_per_s"]
+            lines.append(f"- vs {name}: {r['tokens_per_s']:,.0f} tokens/s; ours {ratio:.2f}x "
+                         f"({'ahead' if ratio > 1 else 'NOT ahead'})")
+        else:
+            lines.append(f"- vs {name}: {r.get('skipped', 'no result')}")
+    return lines
 
 
 def _summary(name: str, r: dict) -> str:
