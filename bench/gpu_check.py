@@ -488,47 +488,50 @@ def _lora_params(config: Config, lora: LoRAConfig) -> list[int]:
     return [p * (1 if "lm_head" in name else config.n_layer) for p, name in zip(per, lora.targets())]
 
 
-def step_gemms(config: Config, tokens: int, trainable: int) -> list[tuple[int, int, int, int]]:
-    """The frozen weights' matmuls of one LoRA step as (m, k, n, count): forward x (m, k) @ W^T (k, n) per linear
-    per block, the input gradient (m, n) @ W (n, k), and the head on the trainable positions both ways."""
+def step_gemms(config: Config, tokens: int, trainable: int) -> list[tuple[int, int, int, int, bool]]:
+    """The frozen weights' matmuls of one LoRA step as (m, k, n, count, weight_transposed): the forward of every
+    block linear, x (m, k) @ W^T with W stored (n, k) as nn.Linear stores it (True), its input gradient
+    (m, n) @ W, W (n, k) (False), and the head on the trainable positions both ways."""
     d = config.n_embd
     q_out, kv_out = config.n_head * config.head_size, config.n_query_groups * config.head_size
     linears = [(d, q_out), (d, kv_out), (d, kv_out), (q_out, d), (d, config.intermediate_size),
                (d, config.intermediate_size), (config.intermediate_size, d)]
     if config.mlp_class != "swiglu":
         linears.remove((d, config.intermediate_size))
-    gemms: dict[tuple[int, int, int], int] = {}
-    for k, n in linears:
-        gemms[(tokens, k, n)] = gemms.get((tokens, k, n), 0) + config.n_layer  # forward
-        gemms[(tokens, n, k)] = gemms.get((tokens, n, k), 0) + config.n_layer  # input gradient
-    for shape in ((trainable, d, config.vocab_size), (trainable, config.vocab_size, d)):
-        gemms[shape] = gemms.get(shape, 0) + 1
-    return [(m, k, n, c) for (m, k, n), c in gemms.items()]
+    gemms: dict[tuple[int, int, int, bool], int] = {}
+    for (k, n), count in [*((shape, config.n_layer) for shape in linears), ((d, config.vocab_size), 0)]:
+        m = tokens if count else trainable  # the head (count 0 here) runs once, on the trainable positions
+        for key in ((m, k, n, True), (m, n, k, False)):  # forward, input gradient
+            gemms[key] = gemms.get(key, 0) + (count or 1)
+    return [(m, k, n, c, transposed) for (m, k, n, transposed), c in gemms.items()]
 
 
-def matmul_rate(gemms: list[tuple[int, int, int, int]], device: torch.device, dtype: torch.dtype,
+def matmul_rate(gemms: list[tuple[int, int, int, int, bool]], device: torch.device, dtype: torch.dtype,
                 min_seconds: float = 0.2) -> dict:
     """This device's measured matmul rate on `gemms`: each shape timed alone (best of repeats), and their total
     FLOPs over their total time, weighted by how often the step runs each."""
     total_flops = total_time = 0.0
     shapes = []
-    for m, k, n, count in gemms:
-        a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
-        torch.matmul(a, b)
+    for m, k, n, count, transposed in gemms:
+        a = torch.randn(m, k, device=device, dtype=dtype)
+        w = torch.randn(*((n, k) if transposed else (k, n)), device=device, dtype=dtype)
+        run = (lambda: torch.nn.functional.linear(a, w)) if transposed else (lambda: torch.matmul(a, w))
+        run()
         best, spent = float("inf"), 0.0
         while spent < min_seconds:
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(3):
-                torch.matmul(a, b)
+                run()
             _sync(device)
             dt = (time.perf_counter() - t0) / 3
             best, spent = min(best, dt), spent + 3 * dt
         flops = 2 * m * k * n
-        shapes.append({"m": m, "k": k, "n": n, "count": count, "tflops": flops / best / 1e12})
+        shapes.append({"m": m, "k": k, "n": n, "weight_transposed": transposed, "count": count,
+                       "tflops": flops / best / 1e12})
         total_flops += flops * count
         total_time += best * count
-        del a, b
+        del a, w
     return {"flops_per_s": total_flops / total_time, "gemm_seconds_per_step": total_time, "shapes": shapes}
 
 

@@ -76,7 +76,8 @@ def test_flop_counts_of_a_lora_step() -> None:
     assert flops["attention"] == 3 * 4 * 256 * 4 * 4  # one visible pair per 1-token example, per layer
     assert 0.6 < flops["exact"] / flops["6N"] < 4 / 6
     gemms = gpu_check.step_gemms(config, tokens=4, trainable=0)
-    gemm_flops = sum(2 * m * k * n_ * c for m, k, n_, c in gemms)
+    gemm_flops = sum(2 * m * k * n_ * c for m, k, n_, c, _ in gemms)
+    assert len(gemms) == 2 * 3 + 2  # forward and input gradient of 3 distinct linear shapes, and of the head
     lora_and_attention = flops["attention"] + 6 * 4 * sum(gpu_check._lora_params(config, LoRAConfig()))
     block0_qkv_input_grad = 2 * 4 * 256 * (3 * 256)
     assert gemm_flops == flops["exact"] - lora_and_attention + block0_qkv_input_grad
