@@ -6,19 +6,19 @@
 Phases, each under its own time limit (and the whole under --budget_s), in this order:
 
   parity      CUDA logits = CPU logits of our GPT, fp32: a tiny config (plain and packed rows) and a ~100M one
-  varlen      packed-row attention (lit_gpt/varlen.py): FlexAttention on CUDA = the per-example SDPA loop, values and
-              gradients, fp32 and bf16, GQA / sliding window / softcap; and their speed at 2,048 tokens
-  bf16        bf16-true LoRA training follows fp32 for a few steps (same init, same batches)
   packed      packed = padded on the device: summed loss and LoRA gradients through finetune's pieces
               (lit_gpt.batching.step_batches + lit_gpt.training.chunked_loss_sum), with activation checkpointing too
+  bf16        bf16-true LoRA training follows fp32 for a few steps (same init, same batches)
   qlora       bnb.nf4 QLoRA trains (skipped, with the reason, when bitsandbytes is missing)
-  compile     torch.compile(dynamic=True), as finetune/lora.py --compile: packed rows + chunked head + loss +
-              activation checkpointing give the eager losses; compile time and recompiles counted
   throughput  LoRA steps of a ~1B Llama-shaped random model (TinyLlama-1.1B's shape), packed rows of up to
               micro_batch_size x 2,048 tokens, bf16-true, eager and compiled: tokens/s, MFU (two FLOP counts, see
               `step_flops`) and the fraction of this device's measured matmul rate on the model's own GEMM shapes
   peers       the same steps (same examples, same order, same LoRA) with transformers + peft and with litgpt 0.5.13's
               LoRA model and chunked loss, in this process, each skipped with the reason when not importable
+  varlen      packed-row attention (lit_gpt/varlen.py): FlexAttention on CUDA = the per-example SDPA loop, values and
+              gradients, fp32 and bf16, GQA / sliding window / softcap; and their speed at 2,048 tokens
+  compile     torch.compile(dynamic=True), as finetune/lora.py --compile: packed rows + chunked head + loss +
+              activation checkpointing give the eager losses; compile time and graphs counted
   memory7b    peak memory of one LoRA step of the Llama-2-7B shape at 2,048 tokens (random weights), bf16-true,
               with and without activation checkpointing
 
@@ -63,9 +63,8 @@ from lit_gpt.model import GPT  # noqa: E402
 from lit_gpt.training import chunked_loss_sum, trainable_tokens  # noqa: E402
 from lit_gpt.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
-# the checks first, then the headline numbers; compile's own check last but one (its first compile is the slowest
-# step of the run)
-PHASES = ("parity", "varlen", "packed", "bf16", "qlora", "throughput", "peers", "compile", "memory7b")
+# the quick checks, then the headline numbers, then the checks that spend most of their time compiling
+PHASES = ("parity", "packed", "bf16", "qlora", "throughput", "peers", "varlen", "compile", "memory7b")
 # seconds each phase may take on an H100; the whole run stops at --budget_s (under the 10 minutes it must fit)
 LIMITS = {"parity": 45, "varlen": 150, "packed": 30, "bf16": 40, "qlora": 45, "throughput": 180, "peers": 120,
           "compile": 120, "memory7b": 60}
