@@ -66,6 +66,10 @@ validation and a final validation at the last step (both empty here, since all 1
 so there is no sample generation either), the adapter + training-state save and the loss plot (matplotlib).
 The litgpt spec turns its initial/final validation off; it merges the adapter into a full checkpoint at the end.
 These show in wall s, start-up and peak RSS, not in the step times.
+
+The same packed step as a fraction of this machine's measured fp32 matmul rate on the model's own GEMM shapes (one
+run, docs/gpu.md): PYTHONPATH=. python bench/gpu_check.py --device cpu --model bench --phases throughput
+--micro_batch_size 4 --max_seq_length 512 --examples_per_step 4 --steps 10 --budget_s 1800
 """
 from __future__ import annotations
 
