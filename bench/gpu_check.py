@@ -7,7 +7,7 @@ Phases, each under its own time limit (and the whole under --budget_s), in this 
 
   parity      CUDA logits = CPU logits of our GPT, fp32: a tiny config (plain and packed rows) and a ~100M one
   packed      packed = padded on the device: summed loss and LoRA gradients through finetune's pieces
-              (lit_gpt.batching.step_batches + lit_gpt.training.chunked_loss_sum), with activation checkpointing too
+              (lit_gpt.collate.step_batches + lit_gpt.training.batch_loss), with activation checkpointing too
   bf16        bf16-true LoRA training follows fp32 for a few steps (same init, same batches)
   qlora       bnb.nf4 QLoRA trains (skipped, with the reason, when bitsandbytes is missing)
   throughput  LoRA steps of a ~1B Llama-shaped random model (TinyLlama-1.1B's shape), packed rows of up to
@@ -55,12 +55,12 @@ sys.path.insert(0, str(ROOT))  # a plain checkout: no install needed
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
 
-from lit_gpt.batching import step_batches  # noqa: E402
+from lit_gpt.collate import step_batches  # noqa: E402
 from lit_gpt.config import Config  # noqa: E402
 from lit_gpt.data.tokenize import IGNORE_INDEX  # noqa: E402
 from lit_gpt.lora import LoRAConfig, apply_lora, lora_parameters  # noqa: E402
 from lit_gpt.model import GPT  # noqa: E402
-from lit_gpt.training import chunked_loss_sum, trainable_tokens  # noqa: E402
+from lit_gpt.training import batch_loss, trainable_tokens  # noqa: E402
 from lit_gpt.utils import atomic_write_json, atomic_write_text  # noqa: E402
 
 # the quick checks, then the headline numbers, then the checks that spend most of their time compiling
@@ -161,14 +161,6 @@ def build_model(config: Config, device: torch.device, dtype: torch.dtype, lora: 
             if name.endswith("lora_B"):
                 torch.nn.init.normal_(p, std=0.02)
     return model
-
-
-def batch_loss(model, batch: dict, device: torch.device, chunk_size: int = 128) -> tuple[torch.Tensor, int]:
-    """finetune/lora.py's `batch_loss`: the summed loss of one micro-batch (padded or packed), the head and loss
-    applied inside the forward in chunks of the trainable positions."""
-    input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-    positions = batch["positions"].to(device) if "positions" in batch else None
-    return model(input_ids, positions=positions, head=partial(chunked_loss_sum, labels=labels, chunk_size=chunk_size))
 
 
 def lora_step(model, optimizer, batches: list[dict], device: torch.device, backward=None) -> tuple[float, int]:

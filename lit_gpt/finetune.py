@@ -27,7 +27,6 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -40,8 +39,8 @@ from lit_gpt.fsdp import is_sharded, lockstep_batches
 from lit_gpt.prompts import PromptStyle, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training import (
-    STATE_NAME, EpochTracker, MetricsCSV, all_rng_states, chunked_loss_sum, effective_warmup, load_state, lr_at,
-    masked_loss_sum, read_dev_prompts, save_state, trainable_tokens,
+    STATE_NAME, EpochTracker, MetricsCSV, all_rng_states, batch_loss, effective_warmup, load_state, lr_at,
+    read_dev_prompts, save_state, trainable_tokens,
 )
 from lit_gpt.utils import (
     DOWNLOAD_HINT, UserError, default_precision, peak_memory_mb, precision_dtype, require_dir, resolve_checkpoint_dir,
@@ -379,16 +378,6 @@ def set_lr(optimizer, lr: float) -> float:
     return lr
 
 
-def batch_loss(fabric, model, batch: dict, chunk_size: int) -> tuple[torch.Tensor, int]:
-    """Summed loss and trainable-token count of one micro-batch (padded or packed)."""
-    input_ids, labels = batch["input_ids"].to(fabric.device), batch["labels"].to(fabric.device)
-    positions = batch["positions"].to(fabric.device) if "positions" in batch else None
-    if not chunk_size:
-        return masked_loss_sum(model(input_ids, positions=positions), labels)
-    # the head applied inside the model's forward, where FSDP has its weight gathered
-    return model(input_ids, positions=positions, head=partial(chunked_loss_sum, labels=labels, chunk_size=chunk_size))
-
-
 def train_step(fabric, model, batches: list[dict[str, torch.Tensor]], chunk_size: int) -> dict[str, Any]:
     """Forward and backward over this device's micro-batches of one optimizer step, gradients accumulated (the
     optimizer update is the caller's). Returns the step's numbers over all devices: `train_loss` (mean per
@@ -404,7 +393,7 @@ def train_step(fabric, model, batches: list[dict[str, torch.Tensor]], chunk_size
     batches = lockstep_batches(fabric, batches)  # several devices: no rank without a pass (FSDP: as many)
     for i, batch in enumerate(batches):
         with fabric.no_backward_sync(model, enabled=i < len(batches) - 1):
-            loss, _ = batch_loss(fabric, model, batch, chunk_size)
+            loss, _ = batch_loss(model, batch, fabric.device, chunk_size)
             # gradients get averaged over devices (by DDP or FSDP in backward, LoRA's replicated adapters under FSDP
             # by lit_gpt/fsdp.py); scaling by world size turns that into the global mean
             fabric.backward(loss * world / max(global_tokens, 1))
@@ -446,7 +435,7 @@ def validate(fabric, model, val: TokenizedDataset, args: FinetuneArgs, max_seq_l
     mine = list(range(len(val)))[fabric.global_rank :: fabric.world_size][: args.eval_iters * args.micro_batch_size]
     batches = step_batches([val[i] for i in mine], args.micro_batch_size, max_seq_length, args.packing)
     for batch in lockstep_batches(fabric, batches):
-        loss, n = batch_loss(fabric, model, batch, args.lm_head_chunk_size)
+        loss, n = batch_loss(model, batch, fabric.device, args.lm_head_chunk_size)
         total += loss
         tokens += n
     model.train()

@@ -30,11 +30,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lit_gpt import varlen
 from lit_gpt.config import Config
 
 # What attention may see: None = causal; a boolean tensor broadcastable to (B, nh, T, kv_len) = that mask; a tuple
-# of lengths = one row of packed examples, each attending causally to itself only (see `packed_attention`)
-Mask = torch.Tensor | tuple[int, ...] | None
+# of lengths, or on CUDA a FlexAttention BlockMask = rows of packed examples, each attending causally to itself only
+# (see `packed_attention`)
+Mask = torch.Tensor | tuple[int, ...] | varlen.BlockMask | None
 # `GPT.forward(head=fn)`: fn(hidden (B, T, n_embd), logits function) -> whatever it computes (a loss)
 HeadOut = TypeVar("HeadOut")
 Head = Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], HeadOut]
@@ -275,7 +277,9 @@ class CausalSelfAttention(nn.Module):
             if self.kv_cache is None:
                 raise RuntimeError("call `model.set_kv_cache(...)` before a forward pass with `input_pos`")
             k, v = self.kv_cache(input_pos, k, v)  # (B, ng, cache_len, hs)
-        if isinstance(mask, tuple):  # packed examples: each one's causal attention on its own slice of the row
+        if isinstance(mask, varlen.BlockMask):  # packed rows on CUDA: one FlexAttention kernel (lit_gpt/varlen.py)
+            y = varlen.packed_attention(q, k, v, mask, scale=self.scale, softcap=self.softcapping)
+        elif isinstance(mask, tuple):  # packed examples: each one's causal attention on its own slice of the row
             slices = zip(q.split(mask, 2), k.split(mask, 2), v.split(mask, 2))
             y = torch.cat([self.attention(*qkv, None) for qkv in slices], dim=2)
         else:
@@ -443,7 +447,10 @@ def packed_attention(positions: torch.Tensor, sliding_window: int | None, length
     """How rows of packed examples attend: one row without a sliding window gives its examples' lengths, so each
     example runs SDPA's fused causal kernel on its own slice (work sum(length^2), no T x T mask: 3-5x faster than
     the masked kernel on CPU at 500-8k tokens); otherwise (or without `lengths_ok`: attention that cannot use SDPA)
-    the block-diagonal mask of `build_packed_mask`."""
+    the block-diagonal mask of `build_packed_mask`. On CUDA every case is one FlexAttention block mask, built here
+    once per forward pass (flash-style tiles, no T x T mask, soft-capping included; see lit_gpt/varlen.py)."""
+    if positions.is_cuda:
+        return varlen.rows_block_mask(positions, sliding_window)
     if positions.size(0) > 1 or sliding_window is not None or not lengths_ok:
         return build_packed_mask(positions, sliding_window)  # (B, 1, T, T)
     starts = (positions[0] == 0).nonzero().flatten().tolist()

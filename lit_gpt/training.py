@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
@@ -110,6 +112,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_total: torch.Tensor):
         (grad_hidden,) = ctx.saved_tensors
         return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None
+
+
+def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str,
+               chunk_size: int = 128) -> tuple[torch.Tensor, int]:
+    """Summed loss and trainable-token count of one micro-batch (padded or packed, `lit_gpt.collate`); with a
+    `chunk_size` the head and loss run in chunks (`chunked_loss_sum`), else on the full logits."""
+    input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+    positions = batch["positions"].to(device) if "positions" in batch else None
+    if not chunk_size:
+        return masked_loss_sum(model(input_ids, positions=positions), labels)
+    # the head applied inside the model's forward, where FSDP has its weight gathered
+    return model(input_ids, positions=positions, head=partial(chunked_loss_sum, labels=labels, chunk_size=chunk_size))
 
 
 def trainable_tokens(labels: torch.Tensor) -> int:

@@ -324,7 +324,7 @@ def _finetune(workspace: dict[str, Path], out_dir: Path, **overrides) -> dict:
                     precision="32-true", batch_size=4, micro_batch_size=2, warmup_steps=2, learning_rate=1e-2,
                     lora_dropout=0.0, eval_interval=4, eval_iters=2, save_interval=100, lora_query=True,
                     lora_key=True, lora_value=True, lora_projection=True, lora_mlp=True)
-    return finetune.setup(**(settings | overrides))
+    return finetune.setup(finetune.Settings(**(settings | overrides)))
 
 
 @pytest.mark.parametrize("layout", list(_TRAIN_LAYOUTS))

@@ -113,7 +113,7 @@ def test_same_output_as_the_models_attention_over_a_packed_row() -> None:
     config = Config(vocab_size=64, n_layer=1, n_embd=32, n_head=4, n_query_groups=2, intermediate_size=48,
                     block_size=512)
     torch.manual_seed(0)
-    attn = CausalSelfAttention(config)
+    attn = CausalSelfAttention(config, 0)
     T = sum(LENGTHS)
     x = torch.randn(1, T, config.n_embd)
     positions = torch.cat([torch.arange(n) for n in LENGTHS])

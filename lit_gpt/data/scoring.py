@@ -78,7 +78,7 @@ def response_losses(model: GPT, batch: dict[str, torch.Tensor], embeddings: bool
     rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)  # (N,), (N,)
     picked = hidden[:, :-1][rows, cols]  # (N, n_embd)
     losses = torch.cat([
-        F.cross_entropy(model.lm_head(picked[i : i + chunk_size]).float(), targets[rows, cols][i : i + chunk_size],
+        F.cross_entropy(model.logits(picked[i : i + chunk_size]).float(), targets[rows, cols][i : i + chunk_size],
                         reduction="none")
         for i in range(0, len(rows), chunk_size)
     ]) if len(rows) else hidden.new_zeros(0, dtype=torch.float32)
