@@ -36,7 +36,7 @@ PROVENANCE_KEY = "lit_gpt"
 BASE_LABEL = "base"
 HUB_HINT = (
     "point the task at local files instead: copy its YAML into a folder, set `dataset_path: json` and "
-    "`dataset_kwargs: {{data_files: {{test: /path/to/test.jsonl}}}}`, and pass --include_path FOLDER "
+    "`dataset_kwargs: {data_files: {test: /path/to/test.jsonl}}`, and pass --include_path FOLDER "
     "(docs/evaluation.md); or run once with network so the dataset is cached"
 )
 
