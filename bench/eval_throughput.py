@@ -5,6 +5,7 @@ How to run (from the project folder; needs the converted SmolLM2 checkpoint and 
 
     python bench/eval_throughput.py                                   # SmolLM2-135M-Instruct, float32, CPU
     python bench/eval_throughput.py --docs 50 --repeats 1             # a quick look
+    python bench/eval_throughput.py --docs 16 --gen_docs 4 --threads 1   # steadier on a shared machine
 
 What it does:
 
@@ -21,8 +22,8 @@ What it does:
    which is the same for both. Reported: requests/s (median over repeats) and our speed-up, and whether both
    backends gave the same metrics (they must: a speed-up with other numbers would mean nothing).
 
-Both run with torch's default threads on the machine's CPUs (or its GPU, when there is one); nothing else should
-run meanwhile.
+Both run with the same torch threads (`--threads`) on the machine's CPUs, or on its GPU when there is one;
+nothing else should run meanwhile.
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def main(
     gen_docs: int = 16,
     batch_size: int = 32,
     repeats: int = 3,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Requests/s of our lm-eval backend against lm-eval's hf backend, same model and requests, in one run.
 
@@ -115,6 +117,7 @@ def main(
         gen_docs: Documents of the generation task.
         batch_size: Requests per forward, for both backends.
         repeats: Timed runs per task and backend (alternating); the median is reported.
+        threads: torch's CPU threads (default: torch's own choice); 1 is steadier on a machine others share.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -126,6 +129,8 @@ def main(
     from lit_gpt.tokenizer import Tokenizer
     from lit_gpt.utils import read_json
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -8,6 +8,7 @@ texts span several windows.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -172,7 +173,7 @@ def _adapter(checkpoint_dir: Path, path: Path, seed: int) -> None:
     save_lora(model, config, path)
 
 
-def test_adapters_in_memory_equal_merged_and_swap_back(checkpoint_dir: Path, tmp_path: Path, task_manager) -> None:
+def test_adapters_in_memory_equal_merged_and_swap_back(checkpoint_dir: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "epoch-1" / "lit_lora.safetensors", tmp_path / "epoch-2" / "lit_lora.safetensors"
     _adapter(checkpoint_dir, first, seed=1)
     _adapter(checkpoint_dir, second, seed=2)
@@ -181,12 +182,14 @@ def test_adapters_in_memory_equal_merged_and_swap_back(checkpoint_dir: Path, tmp
                 (None, tokenizer.encode("The capital of Finland is"), tokenizer.encode(" Helsinki."))]
 
     def scores(model: torch.nn.Module) -> list[float]:
-        return [lp for lp, _ in LitLM(model, tokenizer).
-                _loglikelihood_tokens(requests, disable_tqdm=True)]
+        return [logprob for logprob, _ in LitLM(model, tokenizer)._loglikelihood_tokens(requests, disable_tqdm=True)]
 
     model = load_model(checkpoint_dir)
+    weights = {name: p.data_ptr() for name, p in model.named_parameters()}
     base = scores(model)
     use_adapter(model, first)
+    # no second copy: the LoRA layers wrap the very base tensors
+    assert {name: p.data_ptr() for name, p in model.named_parameters() if "lora_" not in name} == weights
     with_first = scores(model)
     use_adapter(model, second)  # replaces the first: not stacked on it
     with_second = scores(model)
@@ -229,7 +232,6 @@ def test_script_scores_each_epoch_adapter_in_one_table(checkpoint_dir: Path, tmp
         assert provenance["model"]["checkpoint_dir"] == str(checkpoint_dir)
         assert provenance["versions"]["lm_eval"] and provenance["settings"]["max_length"] == MAX_LENGTH
         data = provenance["data"]["lit_tiny_mc"]["data_files"]
-        import hashlib
         assert data["test:tests/fixtures/lm_eval/mc.jsonl"]["sha256"] == hashlib.sha256(
             (FIXTURES / "mc.jsonl").read_bytes()).hexdigest()
         if label == "base":
@@ -244,10 +246,14 @@ def test_script_scores_each_epoch_adapter_in_one_table(checkpoint_dir: Path, tmp
     assert single[0][1]["results"] == rows[0][1]["results"]
 
 
-def test_unknown_task_and_missing_adapter_are_one_line_errors(checkpoint_dir: Path, tmp_path: Path,
-                                                              task_manager) -> None:
+def test_unknown_task_missing_data_and_missing_adapter_are_one_line_errors(checkpoint_dir: Path, tmp_path: Path,
+                                                                                task_manager) -> None:
     with pytest.raises(UserError, match=r"--tasks no_such_task: lm-eval knows no such task.*--include_path"):
         load_tasks(task_manager, ["no_such_task"])
+    missing = tmp_path / "missing.yaml"  # lm-eval also takes a YAML file's path as a task name
+    missing.write_text((FIXTURES / "lit_tiny_gen.yaml").read_text().replace("gen.jsonl", "no_such_file.jsonl"))
+    with pytest.raises(UserError, match=r"no_such_file.jsonl.*relative to the folder you run from"):
+        load_tasks(task_manager, [str(missing)])
     with pytest.raises(UserError, match=r"matches no file"):
         evaluate(checkpoint_dir, ["lit_tiny_mc"], tmp_path, lora_paths=[str(tmp_path / "epoch-*" / "x.safetensors")])
     with pytest.raises(UserError, match=r"not found: pass the adapter"):

@@ -129,7 +129,7 @@ def load_tasks(task_manager: Any, names: list[str]) -> list[Any]:
             loaded = task_manager.load([name])
         except KeyError:
             raise UnknownTask(f"--tasks {name}: lm-eval knows no such task, group or tag; list them with "
-                            "`lm-eval ls tasks`, or add your own YAML files with --include_path FOLDER") from None
+                              "`lm-eval ls tasks`, or add your own YAML files with --include_path FOLDER") from None
         except FileNotFoundError as e:
             raise UserError(f"--tasks {name}: {e}. Paths in a task's data_files are relative to the folder you run "
                             "from; use absolute paths or run from that folder") from None
