@@ -153,7 +153,8 @@ def main(
                     results = lm_eval.simple_evaluate(model=backends[name], tasks=[task], task_manager=manager,
                                                       bootstrap_iters=0, log_samples=True)
                     requests = sum(len(s["resps"]) for s in results["samples"][task])
-                    metrics[name] = {k: v for k, v in results["results"][task].items() if "," in k and "stderr" not in k}
+                    metrics[name] = {k: v for k, v in results["results"][task].items()
+                                     if "," in k and "stderr" not in k}
             for lm in backends.values():  # unwrap for the next task
                 del lm.__dict__[method]
             rate = {name: requests / statistics.median(s) for name, s in seconds.items()}

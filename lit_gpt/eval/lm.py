@@ -171,8 +171,9 @@ class LitLM(TemplateLM):
             temperature = temperature if do_sample else 0.0  # greedy unless the task samples
             top_k = settings.pop("top_k", None)
             if settings:
-                raise UserError(f"task {request.task_name}: generation settings {sorted(settings)} are not supported "
-                                "(do_sample, temperature, top_k, until and max_gen_toks are); remove them from its YAML")
+                raise UserError(f"task {request.task_name}: generation settings {sorted(settings)} are not "
+                                "supported (do_sample, temperature, top_k, until and max_gen_toks are); remove them "
+                                "from its YAML")
             room = self.max_length - max_gen_toks
             if room <= 0:
                 raise UserError(f"task {request.task_name}: max_gen_toks {max_gen_toks} leaves no room for a prompt "
@@ -204,7 +205,8 @@ class LitLM(TemplateLM):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.inference_mode()
-    def _score(self, keys: list[tuple[int, ...]], scored: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def _score(self, keys: list[tuple[int, ...]],
+               scored: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One packed forward over the inputs `keys[j][-max_length:]`; for each, with n = scored[j]:
 
             log-probs (n - 1,) of its own next tokens at the n - 1 positions before its last, whether each is the
