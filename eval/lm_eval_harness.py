@@ -31,6 +31,7 @@ def main(
     max_length: int | None = None,
     bootstrap_iters: int = 100000,
     log_samples: bool = False,
+    apply_chat_template: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Evaluate a checkpoint, with or without LoRA adapters, on lm-evaluation-harness tasks.
 
@@ -50,12 +51,14 @@ def main(
         max_length: Context requests are cut to, from the left (default: the model's block_size).
         bootstrap_iters: Bootstrap resamples for the stderr of metrics without a closed form (0: no stderr).
         log_samples: Also write each document's requests and answers to samples_TASK.jsonl.
+        apply_chat_template: Wrap each prompt in the checkpoint's chat template (for instruction-tuned models;
+            few-shot examples become earlier turns, as lm-eval does it).
     """
     from lit_gpt.eval.harness import evaluate
 
     names = [name.strip() for name in tasks.split(",") if name.strip()]
     return evaluate(checkpoint_dir, names, out_dir, lora_path, num_fewshot, batch_size, limit, precision,
-                    include_path, max_length, bootstrap_iters, log_samples)
+                    include_path, max_length, bootstrap_iters, log_samples, apply_chat_template)
 
 
 if __name__ == "__main__":

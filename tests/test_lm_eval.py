@@ -299,3 +299,8 @@ def test_smollm2_same_numbers_as_the_hf_backend(tmp_path: Path, task_manager) ->
     ours = _ours(SMOLLM2, tasks, task_manager, max_length=2048, limit=4)
     theirs = _hf(hf_dir, tasks, task_manager, max_length=2048, limit=4)
     _assert_same(ours, theirs)
+    # its chat template (--apply_chat_template): the few-shot example becomes an earlier turn
+    ours = _ours(SMOLLM2, tasks, task_manager, max_length=2048, limit=2, apply_chat_template=True)
+    theirs = _hf(hf_dir, tasks, task_manager, max_length=2048, limit=2, apply_chat_template=True)
+    _assert_same(ours, theirs)
+    assert ours["samples"]["lit_tiny_mc"][0]["arguments"][0][0].startswith("<|im_start|>")

@@ -253,6 +253,7 @@ def evaluate(
     max_length: int | None = None,
     bootstrap_iters: int = 100000,
     log_samples: bool = False,
+    apply_chat_template: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Evaluate the checkpoint (with each adapter in turn) on lm-eval's `tasks`; returns (label, results) per
     model and writes results.json and results.md into `out_dir` (see the module docstring).
@@ -291,7 +292,7 @@ def evaluate(
     lm = LitLM(model, tokenizer, batch_size=batch_size, max_length=max_length,
                autocast_dtype={"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision))
     settings = {"precision": precision, "device": device, "batch_size": batch_size, "max_length": lm.max_length,
-                "num_fewshot": num_fewshot, "limit": limit}
+                "num_fewshot": num_fewshot, "limit": limit, "apply_chat_template": apply_chat_template}
 
     rows = []
     for label, adapter in zip(labels, runs):
@@ -299,7 +300,7 @@ def evaluate(
         print(f"Evaluating {label}" + (f" ({adapter})" if adapter else f" ({checkpoint_dir})"), file=sys.stderr)
         results = lm_eval.simple_evaluate(
             model=lm, tasks=task_objects, num_fewshot=num_fewshot, limit=limit, task_manager=task_manager,
-            bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+            bootstrap_iters=bootstrap_iters, log_samples=log_samples, apply_chat_template=apply_chat_template,
         )
         results[PROVENANCE_KEY] = provenance(checkpoint_dir, adapter, tokenizer.fingerprint, settings,
                                              results.get("configs", {}))

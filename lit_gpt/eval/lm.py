@@ -194,6 +194,19 @@ class LitLM(TemplateLM):
             texts.append(text)
         return texts
 
+    # -- `--apply_chat_template`: prompts rendered with the checkpoint's chat template --------------------------
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.checkpoint_dir).replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if not chat_template:
+            return None
+        if self.tokenizer.chat_template is None:
+            raise UserError(f"--apply_chat_template: {self.tokenizer.checkpoint_dir} has no chat template")
+        return self.tokenizer.chat_template
+
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         return self.tokenizer.apply_chat_template(chat_history, add_generation_prompt=add_generation_prompt)
 
