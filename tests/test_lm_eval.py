@@ -20,7 +20,7 @@ pytest.importorskip("lm_eval")
 
 from lit_gpt.checkpoint import load_model
 from lit_gpt.convert import convert_lit_checkpoint
-from lit_gpt.eval.harness import evaluate, load_tasks, use_adapter
+from lit_gpt.eval.harness import adapter_labels, evaluate, load_tasks, use_adapter
 from lit_gpt.eval.lm import LitLM
 from lit_gpt.lora import LoRAConfig, apply_lora, merge_lora, save_lora
 from lit_gpt.tiny import make_tiny_checkpoint
@@ -244,6 +244,18 @@ def test_script_scores_each_epoch_adapter_in_one_table(checkpoint_dir: Path, tmp
                   max_length=MAX_LENGTH, bootstrap_iters=0)
     assert (tmp_path / "single" / "results.json").is_file()
     assert single[0][1]["results"] == rows[0][1]["results"]
+
+
+def test_adapter_labels_are_short_distinct_folder_names() -> None:
+    """Each label names a results folder inside --out_dir: never a path, never "base", never twice."""
+    def labels(*paths: str) -> list[str]:
+        return adapter_labels([Path(p) for p in paths])
+
+    assert labels("out/a/epoch-1/lit_lora.safetensors", "out/a/epoch-2/lit_lora.safetensors") == ["epoch-1", "epoch-2"]
+    assert labels("out/alpaca/epoch-1/lit_lora.safetensors", "out/lima/epoch-1/lit_lora.safetensors") == [
+        "alpaca_epoch-1", "lima_epoch-1"]
+    assert labels("out/base/lit_lora.safetensors", "out/x/mine.safetensors") == ["out_base", "x_mine"]
+    assert labels("out/a/lit_lora.safetensors", "out/a/lit_lora.safetensors") == ["adapter-1", "adapter-2"]
 
 
 def test_unknown_task_missing_data_and_missing_adapter_are_one_line_errors(checkpoint_dir: Path, tmp_path: Path,

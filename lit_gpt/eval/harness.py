@@ -66,11 +66,15 @@ def _natural_key(text: str) -> list[Any]:
 
 
 def adapter_labels(adapters: list[Path]) -> list[str]:
-    """A short, distinct name per adapter: its folder (`epoch-3`), or the whole path where folders repeat."""
-    short = [path.parent.name if path.name == LORA_WEIGHTS_NAME else path.stem for path in adapters]
-    if len(set(short)) == len(short) and BASE_LABEL not in short:
-        return short
-    return [str(path) for path in adapters]
+    """A short, distinct name per adapter, also its results folder: its folder (`epoch-3`), or as many of the
+    folders above as make the names distinct (`alpaca_epoch-3`, `lima_epoch-3`)."""
+    folders = [path.parent.resolve().parts[1:] if path.name == LORA_WEIGHTS_NAME
+               else (*path.parent.resolve().parts[1:], path.stem) for path in adapters]
+    for depth in range(1, max(map(len, folders), default=1) + 1):
+        labels = ["_".join(parts[-depth:]) for parts in folders]
+        if len(set(labels)) == len(labels) and BASE_LABEL not in labels:
+            return labels
+    return [f"adapter-{i}" for i in range(1, len(adapters) + 1)]  # the same file twice
 
 
 def use_adapter(model: nn.Module, path: Path | None) -> None:
