@@ -27,7 +27,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 from tqdm import tqdm
 
-from lit_gpt.batching import packed_collate
+from lit_gpt.collate import packed_collate
 from lit_gpt.generate import generate_tokens
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
