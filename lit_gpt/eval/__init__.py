@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks through lm-evaluation-harness and held-out instructions."""
