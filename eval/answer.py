@@ -23,6 +23,8 @@ from lit_gpt.eval.instructions import JsonlStore, read_instruction_file
 from lit_gpt.utils import (UserError, atomic_write_json, cli, default_precision, precision_dtype, read_json,
                            require_dir, resolve_checkpoint_dir)
 
+SUMMARY_NAME = "summary.json"  # with several adapters: each one's result, by generator name
+
 
 def main(
     checkpoint_dir: Path,
@@ -110,6 +112,9 @@ def main(
         print(_summary_line(name, result), file=sys.stderr)
         results[name] = result
         del model
+    if len(adapters) > 1:  # one place to compare the epochs: reference loss and answering per adapter
+        atomic_write_json(out_dir / SUMMARY_NAME, results)
+        print(f"summary of {len(adapters)} adapters -> {out_dir / SUMMARY_NAME}", file=sys.stderr)
     return results
 
 

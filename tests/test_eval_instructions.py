@@ -266,6 +266,7 @@ def test_several_adapters_each_get_a_folder_and_their_prompt_style(workspace: di
     result = answer_script.main(workspace["chat"], workspace["data"], lora_path=adapters, out_dir=tmp_path / "eval",
                                 max_new_tokens=8, batch_size=4)
     assert set(result) == {"chat+epoch-1", "chat+epoch-2"}
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == result
     single = answer_script.main(workspace["chat"], workspace["data"], lora_path=adapters[:1],
                                 out_dir=tmp_path / "single", max_new_tokens=8, batch_size=4)
     assert (tmp_path / "eval" / "epoch-1" / ANSWERS_NAME).read_text() == (tmp_path / "single" / ANSWERS_NAME).read_text()
