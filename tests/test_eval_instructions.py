@@ -204,6 +204,28 @@ def test_reference_loss_is_the_models_loss_on_the_reference_tokens(workspace: di
     assert summary["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-5)
 
 
+def test_references_longer_than_the_context_are_cut_and_counted(workspace: dict) -> None:
+    from lit_gpt.checkpoint import load_model
+    from lit_gpt.eval.answers import reference_losses
+    from lit_gpt.eval.instructions import Instruction
+    from lit_gpt.prompts import load_prompt_style
+
+    tokenizer = Tokenizer(workspace["chat"])
+    model = load_model(workspace["chat"]).eval()
+    style = load_prompt_style("chat", tokenizer)
+    long_answer = Instruction("a", 0, "Say 42.", reference="42 " * 1000)
+    long_prompt = Instruction("b", 1, "fox " * 600, reference="ok")
+    fits = Instruction("c", 2, "Say 42.", reference="42!")
+    result = reference_losses(model, tokenizer, style, [long_answer, long_prompt, fits], batch_size=2)
+    rows = {r["id"]: r for r in result["instructions"]}
+    prompt = tokenizer.encode(style.prompt("Say 42."))
+    reference = tokenizer.encode("42 " * 1000 + "<|im_end|>")
+    assert rows["a"]["tokens"] == 512 - len(prompt) and rows["a"]["truncated_reference_tokens"] == len(reference) - rows["a"]["tokens"]
+    assert rows["b"]["loss"] is None and rows["b"]["tokens"] == 0 and rows["b"]["truncated_reference_tokens"] > 0
+    assert rows["c"]["truncated_reference_tokens"] == 0 and rows["c"]["loss"] > 0
+    assert result["summary"]["truncated"] == 2 and result["summary"]["with_reference"] == 3
+
+
 def test_a_killed_run_resumes_to_the_same_file(workspace: dict, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import lit_gpt.generate

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lit_gpt.data.tokenize import SegmentEncoder, conversation_prompt_ids, truncate
+from lit_gpt.data.tokenize import IGNORE_INDEX, SegmentEncoder, conversation_prompt_ids, truncate
 from lit_gpt.eval.instructions import Instruction, JsonlStore, sha256_json
 from lit_gpt.model import GPT
 from lit_gpt.prompts import PromptStyle
@@ -161,12 +161,14 @@ def reference_losses(model: GPT, tokenizer: Tokenizer, style: PromptStyle, instr
     for instruction in scored:
         segments = style.segments(instruction.turns(instruction.reference))
         sample = encoder.build(segments, encoder.encode([segments])[0], style.bos, last_turn_only=True)
-        cut = 0
-        if len(sample.input_ids) > model.config.block_size:
+        ids, labels, cut = sample.input_ids, sample.labels, 0
+        if len(ids) > model.config.block_size:
             shorter = truncate(sample, model.config.block_size, encoder.eos_id)
-            cut = len(sample.input_ids) - (len(shorter.input_ids) if shorter else 0)
-            sample = shorter or sample
-        samples.append({"input_ids": torch.tensor(sample.input_ids), "labels": torch.tensor(sample.labels)})
+            # None: the prompt alone fills the context; nothing of the reference is scored (its loss is None)
+            ids, labels = (shorter.input_ids, shorter.labels) if shorter else (
+                ids[: model.config.block_size], [IGNORE_INDEX] * model.config.block_size)
+            cut = sum(x != IGNORE_INDEX for x in sample.labels) - sum(x != IGNORE_INDEX for x in labels)
+        samples.append({"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)})
         truncated.append(cut)
     if samples:
         model.max_seq_length = max(model.max_seq_length, min(model.config.block_size,
@@ -179,7 +181,7 @@ def reference_losses(model: GPT, tokenizer: Tokenizer, style: PromptStyle, instr
         loss_sum, count, _ = response_losses(model, packed_collate(chunk, max_seq_length=total, row_length=total))
         for instruction, s, c, cut in zip(scored[start:], loss_sum.tolist(), count.tolist(), truncated[start:]):
             rows.append({"id": instruction.id, "row": instruction.row, "loss": s / c if c else None,
-                         "loss_sum": s, "tokens": int(c), "truncated_tokens": cut})
+                         "loss_sum": s, "tokens": int(c), "truncated_reference_tokens": cut})
     total_loss, total_tokens = sum(r["loss_sum"] for r in rows), sum(r["tokens"] for r in rows)
     means = [r["loss"] for r in rows if r["loss"] is not None]
     token_mean = total_loss / total_tokens if total_tokens else None
@@ -187,7 +189,7 @@ def reference_losses(model: GPT, tokenizer: Tokenizer, style: PromptStyle, instr
         "instructions": len(instructions), "with_reference": len(rows), "reference_tokens": total_tokens,
         "loss_per_token": token_mean, "perplexity": math.exp(token_mean) if token_mean is not None else None,
         "mean_of_instruction_losses": sum(means) / len(means) if means else None,
-        "truncated": sum(1 for r in rows if r["truncated_tokens"]),
+        "truncated": sum(1 for r in rows if r["truncated_reference_tokens"]),
     }
     return {"summary": summary, "instructions": rows}
 
