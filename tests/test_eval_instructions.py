@@ -259,6 +259,38 @@ def test_a_killed_run_resumes_to_the_same_file(workspace: dict, tmp_path: Path,
     assert _answer(workspace, tmp_path / "killed")["chat"]["answers"]["answered"] == 0 and calls == []
 
 
+def test_a_sigkilled_process_resumes_to_the_same_file(workspace: dict, tmp_path: Path) -> None:
+    """The real thing: eval/answer.py killed with SIGKILL once it has written answers, then run again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = [{"instruction": f"Count to {i} and name a color."} for i in range(12)]
+    data = tmp_path / "many.json"
+    data.write_text(json.dumps(rows))
+    args = ["--checkpoint_dir", str(workspace["chat"]), "--data_file", str(data), "--max_new_tokens", "60",
+            "--batch_size", "1", "--reference_loss", "false"]
+    path = tmp_path / "killed" / ANSWERS_NAME
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, str(ROOT / "eval" / "answer.py"), *args, "--out_dir", str(path.parent)],
+                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline:
+        if path.is_file() and path.read_text().count("\n") >= 2:
+            os.kill(child.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    child.wait()
+    done = path.read_text().count("\n")
+    assert child.returncode == -signal.SIGKILL and 2 <= done < len(rows)
+    result = cli(answer_script.main, args=[*args, "--out_dir", str(path.parent)])
+    assert result["chat"]["answers"]["already_done"] == done
+    cli(answer_script.main, args=[*args, "--out_dir", str(tmp_path / "whole"), "--batch_size", "4"])
+    assert path.read_text() == (tmp_path / "whole" / ANSWERS_NAME).read_text()
+
+
 def test_one_file_never_mixes_settings_or_instruction_sets(workspace: dict, tmp_path: Path) -> None:
     _answer(workspace, tmp_path / "out")
     with pytest.raises(UserError, match="other settings \\(changed: max_new_tokens\\)"):

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
@@ -53,7 +52,7 @@ _PREFERENCE = {"ab": {"A": 1.0, "B": 0.0, "tie": 0.5}, "ba": {"A": 0.0, "B": 1.0
 
 
 def parse_verdict(text: str) -> str | None:
-    """"A", "B" or "tie" from a judge's reply, or None when it names no verdict. The first match wins, of: a
+    """"A", "B" or "tie" from a judge's reply, or None when it names no verdict. The first of these that matches: a
     verdict keyword ("Verdict: A", "Winner: Response B", "prefer A"), MT-Bench's [[A]]/[[B]]/[[C]], or a sentence
     "Response A is better". The letter must stand alone ("Verdict: Apples" is not A)."""
     for pattern in (_KEYWORD_RE, _BRACKETS_RE, _SENTENCE_RE):
