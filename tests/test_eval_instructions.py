@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from lit_gpt.config import Config
 from lit_gpt.eval.answers import ANSWERS_NAME, REFERENCE_LOSS_NAME
 from lit_gpt.eval.instructions import JsonlStore, read_instruction_file
-from lit_gpt.eval.judge import (bootstrap_interval, length_controlled_win_rate, parse_verdict, preference,
-                                win_rate, win_rate_summary)
+from lit_gpt.eval.judge import (bootstrap_interval, length_controlled_win_rate, parse_verdict, position_bias_warning,
+                                preference, win_rate, win_rate_summary)
 from lit_gpt.generate import generate_batch, generate_tokens, sample
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
@@ -358,6 +358,10 @@ def test_win_rate_counts_both_orders_ties_and_unparseable() -> None:
     assert (s["verdicts"], s["unparseable_verdicts"], s["judged_in_both_orders"]) == (22, 3, 9)
     assert s["first_shown_preferred"] == pytest.approx(11 / 19)
     assert s["consistent_in_both_orders"] == pytest.approx(7 / 9)
+    assert s["second_shown_preferred"] == pytest.approx(8 / 19) and position_bias_warning(s) is None
+    biased = win_rate_summary([first_shown] * 9 + [a_wins], [10] * 10, [10] * 10, bootstrap_samples=0)
+    assert biased["win_rate"] == pytest.approx(0.55) and biased["first_shown_preferred"] == pytest.approx(0.95)
+    assert "picked the answer shown first in 95% of its verdicts" in position_bias_warning(biased)
     nothing = win_rate_summary([unjudged] * 3, [1, 2, 3], [3, 2, 1], bootstrap_samples=50)
     assert nothing["win_rate"] is None and nothing["win_rate_ci95"] is None and nothing["unparseable_verdicts"] == 6
 

@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lit_gpt.eval.answers import ANSWERS_NAME, REFERENCE_LOSS_NAME
+from lit_gpt.eval.answers import ANSWERS_NAME, REFERENCE_LOSS_NAME, SETTINGS_NAME
 from lit_gpt.eval.instructions import JsonlStore, read_jsonl, sha256_json
-from lit_gpt.eval.judge import ORDERS, PAIRWISE_PROMPT, PairwiseJudge, preference, win_rate_summary
+from lit_gpt.eval.judge import (ORDERS, PAIRWISE_PROMPT, PairwiseJudge, position_bias_warning, preference,
+                                win_rate_summary)
 from lit_gpt.utils import UserError, atomic_write_json, atomic_write_text, read_json
 
 VERDICTS_NAME = "verdicts.jsonl"
@@ -97,9 +98,10 @@ def build_report(a: dict[str, dict], b: dict[str, dict], path_a: Path, path_b: P
     sides = {}
     for name, side, path in (("a", a, path_a), ("b", b, path_b)):
         first = next(iter(side.values()))
-        losses = path.parent / REFERENCE_LOSS_NAME
+        losses, settings = path.parent / REFERENCE_LOSS_NAME, path.parent / SETTINGS_NAME
         sides[name] = {
             "answers": str(path), "generator": first.get("generator"),
+            "prompt_style": read_json(settings).get("prompt_style") if settings.is_file() else None,
             "mean_words": sum(len(r["output"].split()) for r in side.values()) / len(side),
             "finished_at_eos": sum(bool(r.get("finished")) for r in side.values()),
             "reference_loss": read_json(losses)["summary"] if losses.is_file() else None,
@@ -130,8 +132,10 @@ def _cell(text: str, limit: int) -> str:
 
 def render_markdown(report: dict[str, Any], a: dict[str, dict], b: dict[str, dict], examples: int = 5) -> str:
     s, ga, gb = report["summary"], report["a"], report["b"]
+    name_a, name_b = (f"{g['generator']}" + (f" ({g['prompt_style']} prompt style)" if g["prompt_style"] else "")
+                      for g in (ga, gb))
     lines = [
-        f"# Pairwise: a = {ga['generator']} vs b = {gb['generator']}", "",
+        f"# Pairwise: a = {name_a} vs b = {name_b}", "",
         f"- a: `{ga['answers']}`", f"- b: `{gb['answers']}`",
         f"- judge: `{report['judge']}`, every pair in both orders; {s['instructions']} instructions", "",
         "| | |", "|---|---|",
@@ -153,6 +157,9 @@ def render_markdown(report: dict[str, Any], a: dict[str, dict], b: dict[str, dic
             r = side["reference_loss"]
             return "n/a" if not r or r["loss_per_token"] is None else f"{r['loss_per_token']:.4f}"
         lines.append(f"| reference loss, nats/token (a / b) | {loss(ga)} / {loss(gb)} |")
+    warning = position_bias_warning(s)
+    if warning:
+        lines += ["", f"**Warning: {warning}.**"]
     lines += ["", "Win rate by length (characters; relative difference (len a - len b) / longer):", "",
               "| bucket | instructions | judged | win rate of a |", "|---|---|---|---|"]
     lines += [f"| {x['bucket']} | {x['instructions']} | {x['judged']} | {_pct(x['win_rate'])} |" for x in s["by_length"]]

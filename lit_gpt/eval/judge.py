@@ -199,6 +199,7 @@ def win_rate_summary(verdicts: Sequence[dict[str, str | None]], length_a: Sequen
         "unjudged_instructions": int((~judged).sum()),
         # position bias: how often the judge picks whichever answer it sees first, and agrees with itself
         "first_shown_preferred": sum(x == "A" for x in parsed) / len(parsed) if parsed else None,
+        "second_shown_preferred": sum(x == "B" for x in parsed) / len(parsed) if parsed else None,
         "ties_declared": sum(x == "tie" for x in parsed),
         "consistent_in_both_orders": (sum(preference({"ab": v["ab"]}) == preference({"ba": v["ba"]}) for v in both)
                                       / len(both) if both else None),
@@ -208,3 +209,17 @@ def win_rate_summary(verdicts: Sequence[dict[str, str | None]], length_a: Sequen
         "a_longer": int((la > lb).sum()),
         "by_length": buckets,
     }
+
+
+def position_bias_warning(summary: dict[str, Any], threshold: float = 0.8) -> str | None:
+    """A warning when the judge picks by position rather than content: the answer shown first (or second) in over
+    `threshold` of its parsed verdicts. Both orders turn such verdicts into ties, so the win rate stays near 50%
+    with a narrow interval that measures the judge, not the answers."""
+    shares = {"first": summary["first_shown_preferred"], "second": summary["second_shown_preferred"]}
+    if shares["first"] is None:
+        return None
+    position = max(shares, key=shares.get)
+    if shares[position] <= threshold:
+        return None
+    return (f"the judge picked the answer shown {position} in {100 * shares[position]:.0f}% of its verdicts: it "
+            "judges by position, not content, so these numbers say little about the answers; use a stronger judge")
