@@ -18,7 +18,8 @@ import torch
 
 from lit_gpt.data.formats import Fields
 from lit_gpt.eval.answers import (ANSWERS_NAME, REFERENCE_LOSS_NAME, SETTINGS_NAME, answer_instructions,
-                                  generator_name, load_for_eval, model_identity, reference_losses, settings_for)
+                                  generator_name, load_for_eval, model_identity, prompts_that_fit, reference_losses,
+                                  settings_for)
 from lit_gpt.eval.instructions import JsonlStore, read_instruction_file
 from lit_gpt.utils import (UserError, atomic_write_json, cli, default_precision, precision_dtype, read_json,
                            require_dir, resolve_checkpoint_dir)
@@ -91,11 +92,13 @@ def main(
         settings = settings_for(model_identity(checkpoint_dir, adapter), style, precision, max_new_tokens,
                                 temperature, top_k, seed, batch_size)
         name = generator_name(checkpoint_dir, adapter)
+        if generate:  # refuse before writing anything
+            _check_settings(folder / SETTINGS_NAME, settings)
+            prompts_that_fit(model, tokenizer, style, instructions, max_new_tokens)
         print(f"{name}: {len(instructions)} instructions, {style.name} prompt style -> {folder}", file=sys.stderr)
         result: dict[str, Any] = {"out_dir": str(folder)}
         with fabric.autocast():  # a no-op except for the "-mixed" precisions
             if generate:
-                _check_settings(folder / SETTINGS_NAME, settings)
                 store = JsonlStore(folder / ANSWERS_NAME, settings["sha"])
                 if store.dropped_torn_line:
                     print(f"{store.path}: dropped its last line, cut short by a kill; answering it again",
@@ -126,15 +129,16 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
 
 
 def _summary_line(name: str, result: dict[str, Any]) -> str:
-    parts = [name]
+    parts = []
     if "answers" in result:
         a = result["answers"]
         parts.append(f"{a['answered']} answered ({a['already_done']} already done) in {a['seconds']}s")
     if "reference_loss" in result:
         r = result["reference_loss"]
-        parts.append(f"reference loss {r['loss_per_token'] or float('nan'):.4f} nats/token over {r['reference_tokens']} tokens of "
+        loss = float("nan") if r["loss_per_token"] is None else r["loss_per_token"]
+        parts.append(f"reference loss {loss:.4f} nats/token over {r['reference_tokens']} tokens of "
                      f"{r['with_reference']} references")
-    return ": ".join(parts[:1]) + ": " + "; ".join(parts[1:])
+    return f"{name}: {'; '.join(parts)}"
 
 
 if __name__ == "__main__":

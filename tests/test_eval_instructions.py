@@ -126,7 +126,9 @@ def test_json_jsonl_and_csv_give_the_same_instructions(tmp_path: Path) -> None:
         writer.writeheader()
         writer.writerows(ROWS)
     read = [read_instruction_file(tmp_path / name) for name in ("a.json", "a.jsonl", "a.csv")]
-    assert read[0] == read[1] == read[2]
+    assert [[(i.id, i.row, i.instruction, i.input, i.reference) for i in r] for r in read[1:]] == \
+        [[(i.id, i.row, i.instruction, i.input, i.reference) for i in read[0]]] * 2
+    assert read[1][3].where == f"{tmp_path / 'a.jsonl'}, row 3 (line 4)"
     assert [i.reference for i in read[0]] == [r.get("output") for r in ROWS]
     assert read[0][2].input == "Use flour." and len({i.id for i in read[0]}) == len(ROWS)
 
@@ -136,6 +138,7 @@ def test_json_jsonl_and_csv_give_the_same_instructions(tmp_path: Path) -> None:
     ("prompt,output\nHi,Hello\n", ".csv", "the header has no 'instruction' column"),
     ([{"instruction": " ", "output": "x"}], ".json", "row 0: empty 'instruction'"),
     ([{"instruction": "Hi"}, {"instruction": "Hi"}], ".json", "row 1: the same instruction as row 0"),
+    ([{"instruction": "fox " * 600}], ".json", "bad.json, row 0: its prompt of"),  # no room for the answer
 ])
 def test_bad_instruction_files_are_refused_in_one_line(workspace: dict, tmp_path: Path, capsys, content, suffix,
                                                        message) -> None:
@@ -220,7 +223,8 @@ def test_references_longer_than_the_context_are_cut_and_counted(workspace: dict)
     rows = {r["id"]: r for r in result["instructions"]}
     prompt = tokenizer.encode(style.prompt("Say 42."))
     reference = tokenizer.encode("42 " * 1000 + "<|im_end|>")
-    assert rows["a"]["tokens"] == 512 - len(prompt) and rows["a"]["truncated_reference_tokens"] == len(reference) - rows["a"]["tokens"]
+    assert rows["a"]["tokens"] == 512 - len(prompt)
+    assert rows["a"]["truncated_reference_tokens"] == len(reference) - rows["a"]["tokens"]
     assert rows["b"]["loss"] is None and rows["b"]["tokens"] == 0 and rows["b"]["truncated_reference_tokens"] > 0
     assert rows["c"]["truncated_reference_tokens"] == 0 and rows["c"]["loss"] > 0
     assert result["summary"]["truncated"] == 2 and result["summary"]["with_reference"] == 3
@@ -323,7 +327,8 @@ def test_several_adapters_each_get_a_folder_and_their_prompt_style(workspace: di
     assert json.loads((tmp_path / "eval" / "summary.json").read_text()) == result
     single = answer_script.main(workspace["chat"], workspace["data"], lora_path=adapters[:1],
                                 out_dir=tmp_path / "single", max_new_tokens=8, batch_size=4)
-    assert (tmp_path / "eval" / "epoch-1" / ANSWERS_NAME).read_text() == (tmp_path / "single" / ANSWERS_NAME).read_text()
+    single_answers = (tmp_path / "single" / ANSWERS_NAME).read_text()
+    assert (tmp_path / "eval" / "epoch-1" / ANSWERS_NAME).read_text() == single_answers
     styles = [json.loads((tmp_path / "eval" / f"epoch-{e}" / "settings.json").read_text())["prompt_style"]
               for e in (1, 2)]
     assert styles == ["alpaca", "chat"]

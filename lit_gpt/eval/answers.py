@@ -88,6 +88,19 @@ def prompt_ids(encoder: SegmentEncoder, style: PromptStyle, instruction: Instruc
     return conversation_prompt_ids(encoder, style.segments(instruction.turns()), style.bos)
 
 
+def prompts_that_fit(model: GPT, tokenizer: Tokenizer, style: PromptStyle, instructions: Sequence[Instruction],
+                     max_new_tokens: int) -> dict[str, list[int]]:
+    """The prompt ids of each instruction by id; refuses (naming the row) a prompt with no room for the answer."""
+    encoder = SegmentEncoder(tokenizer)
+    prompts = {i.id: prompt_ids(encoder, style, i) for i in instructions}
+    for i in instructions:
+        if len(prompts[i.id]) + max_new_tokens > model.config.block_size:
+            raise UserError(f"{i.where}: its prompt of {len(prompts[i.id])} tokens + --max_new_tokens "
+                            f"{max_new_tokens} exceed the model's context of {model.config.block_size} tokens; lower "
+                            "--max_new_tokens or leave the row out")
+    return prompts
+
+
 def answer_instructions(
     model: GPT,
     tokenizer: Tokenizer,
@@ -109,14 +122,8 @@ def answer_instructions(
     if unknown:
         raise UserError(f"{store.path} holds answers to {len(unknown)} instructions that are not in this instruction "
                         "file: it was made from another one; pass another --out_dir")
-    encoder = SegmentEncoder(tokenizer)
     todo = [i for i in instructions if i.id not in store]
-    prompts = {i.id: prompt_ids(encoder, style, i) for i in todo}
-    for i in todo:
-        if len(prompts[i.id]) + max_new_tokens > model.config.block_size:
-            raise UserError(f"row {i.row}: its prompt of {len(prompts[i.id])} tokens + --max_new_tokens "
-                            f"{max_new_tokens} exceed the model's context of {model.config.block_size} tokens; lower "
-                            "--max_new_tokens or leave the row out")
+    prompts = prompts_that_fit(model, tokenizer, style, todo, max_new_tokens)
     # longest prompts first: a batch that does not fit in memory fails at once, and neighbours need little padding
     todo.sort(key=lambda i: (-len(prompts[i.id]), i.row))
     t0, new_tokens = time.perf_counter(), 0

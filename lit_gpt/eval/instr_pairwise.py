@@ -139,7 +139,8 @@ def render_markdown(report: dict[str, Any], a: dict[str, dict], b: dict[str, dic
         f"- a: `{ga['answers']}`", f"- b: `{gb['answers']}`",
         f"- judge: `{report['judge']}`, every pair in both orders; {s['instructions']} instructions", "",
         "| | |", "|---|---|",
-        f"| win rate of a over b (ties half), 95% bootstrap CI | {_pct(s['win_rate'])}{_interval(s['win_rate_ci95'])} |",
+        f"| win rate of a over b (ties half), 95% bootstrap CI | {_pct(s['win_rate'])}"
+        f"{_interval(s['win_rate_ci95'])} |",
         f"| length-controlled win rate, 95% CI | {_pct(s['length_controlled_win_rate'])}"
         f"{_interval(s['length_controlled_win_rate_ci95'])} |",
         f"| a wins / ties / b wins (instructions) | {s['wins']} / {s['ties']} / {s['losses']} |",
@@ -162,7 +163,8 @@ def render_markdown(report: dict[str, Any], a: dict[str, dict], b: dict[str, dic
         lines += ["", f"**Warning: {warning}.**"]
     lines += ["", "Win rate by length (characters; relative difference (len a - len b) / longer):", "",
               "| bucket | instructions | judged | win rate of a |", "|---|---|---|---|"]
-    lines += [f"| {x['bucket']} | {x['instructions']} | {x['judged']} | {_pct(x['win_rate'])} |" for x in s["by_length"]]
+    lines += [f"| {x['bucket']} | {x['instructions']} | {x['judged']} | {_pct(x['win_rate'])} |"
+              for x in s["by_length"]]
     rows = report["instructions"]
     picked = [rows[round(i * (len(rows) - 1) / max(examples - 1, 1))] for i in range(min(examples, len(rows)))]
     lines += ["", f"## Examples ({len(picked)} of {len(rows)}, spread over the file)"]

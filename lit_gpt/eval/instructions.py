@@ -36,6 +36,7 @@ class Instruction:
     input: str = ""
     history: tuple[Turn, ...] = ()
     reference: str | None = None
+    where: str = ""  # "file, row 3 (line 5)", for messages
 
     def turns(self, response: str = "") -> list[Turn]:
         """The conversation with `response` as the last answer: empty for a prompt, the reference for its loss."""
@@ -67,7 +68,8 @@ def read_instruction_file(path: Path, fields: Fields = FIELDS) -> list[Instructi
             raise UserError(f"{record.where()}: the same instruction as row {seen[key]}; answers are paired by "
                             "instruction text, so remove the duplicate")
         seen[key] = record.row
-        out.append(Instruction(key, record.row, instruction, input, history, reference if reference.strip() else None))
+        out.append(Instruction(key, record.row, instruction, input, history, reference if reference.strip() else None,
+                               record.where()))
     return out
 
 
@@ -150,6 +152,6 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                raise UserError(f"{path}, line {number}: not a JSON record; is it an answers.jsonl of eval/answer.py?") \
-                    from None
+                raise UserError(f"{path}, line {number}: not a JSON record; is it an answers.jsonl of "
+                                "eval/answer.py?") from None
     return records
