@@ -128,17 +128,17 @@ def test_json_jsonl_and_csv_give_the_same_instructions(tmp_path: Path) -> None:
     read = [read_instruction_file(tmp_path / name) for name in ("a.json", "a.jsonl", "a.csv")]
     assert [[(i.id, i.row, i.instruction, i.input, i.reference) for i in r] for r in read[1:]] == \
         [[(i.id, i.row, i.instruction, i.input, i.reference) for i in read[0]]] * 2
-    assert read[1][3].where == f"{tmp_path / 'a.jsonl'}, row 3 (line 4)"
+    assert read[1][3].where == f"{tmp_path / 'a.jsonl'}, line 4"
     assert [i.reference for i in read[0]] == [r.get("output") for r in ROWS]
     assert read[0][2].input == "Use flour." and len({i.id for i in read[0]}) == len(ROWS)
 
 
 @pytest.mark.parametrize("content, suffix, message", [
-    ([{"prompt": "Hi", "output": "Hello"}], ".json", "row 0: no 'instruction' field (fields present: 'prompt'"),
+    ([{"prompt": "Hi", "output": "Hello"}], ".json", "record 1: no 'instruction' field (fields present: 'prompt'"),
     ("prompt,output\nHi,Hello\n", ".csv", "the header has no 'instruction' column"),
-    ([{"instruction": " ", "output": "x"}], ".json", "row 0: empty 'instruction'"),
-    ([{"instruction": "Hi"}, {"instruction": "Hi"}], ".json", "row 1: the same instruction as row 0"),
-    ([{"instruction": "fox " * 600}], ".json", "bad.json, row 0: its prompt of"),  # no room for the answer
+    ([{"instruction": " ", "output": "x"}], ".json", "record 1: empty 'instruction'"),
+    ([{"instruction": "Hi"}, {"instruction": "Hi"}], ".json", "record 2: the same instruction as "),
+    ([{"instruction": "fox " * 600}], ".json", "bad.json, record 1: its prompt of"),  # no room for the answer
 ])
 def test_bad_instruction_files_are_refused_in_one_line(workspace: dict, tmp_path: Path, capsys, content, suffix,
                                                        message) -> None:
