@@ -42,8 +42,8 @@ def main(
             its rank, alpha and targets are read from the file.
         prompt_style: How to wrap the prompt: raw (as is), alpaca (Lit-GPT's template), chat (the tokenizer's
             chat template) or auto (chat if the tokenizer has one, else alpaca). Default: what the checkpoint was
-            made for: the adapter's training style with --lora_path, the style a merged checkpoint records, the
-            chat template when the tokenizer has one, else raw.
+            made for: the adapter's training style with --lora_path, the style a finetuned (merged or full)
+            checkpoint records, the chat template when the tokenizer has one, else raw.
         max_new_tokens: How many tokens to generate at most.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only; 1 is greedy.

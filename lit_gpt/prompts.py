@@ -39,7 +39,8 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError, atomic_write_json, read_json
 
 PROMPT_STYLES = ("auto", "alpaca", "chat")
-# A merged checkpoint's record of the style its adapter was trained with: {"prompt_style": "alpaca"}
+# A finetuned checkpoint's record of the style it was trained with (merge_lora: its adapter's; finetune/full.py: its
+# data's): {"prompt_style": "alpaca"}
 PROMPT_STYLE_NAME = "lit_prompt_style.json"
 
 
@@ -172,7 +173,7 @@ def default_prompt_style(checkpoint_dir: Path, tokenizer: Tokenizer, lora_path: 
                          fallback: str = "raw") -> tuple[str, str]:
     """The style a checkpoint (with an optional adapter) was made for, and why, when the user names none.
 
-    In order: the adapter's training style (in its metadata), the style a merged checkpoint records
+    In order: the adapter's training style (in its metadata), the style a merged or fully finetuned checkpoint records
     (`lit_prompt_style.json`), the tokenizer's chat template (an instruction-tuned model answers in it and may
     say nothing to a bare prompt), else `fallback` (generation continues a base model's text: raw).
     """
@@ -182,7 +183,7 @@ def default_prompt_style(checkpoint_dir: Path, tokenizer: Tokenizer, lora_path: 
         return name, f"the style {lora_path} was trained with"
     record = Path(checkpoint_dir) / PROMPT_STYLE_NAME
     if record.is_file() and (name := read_json(record).get("prompt_style")):
-        return name, f"the style the adapter merged into it was trained with ({record})"
+        return name, f"the style it was finetuned with ({record})"
     if tokenizer.has_chat_template:
         return "chat", "the tokenizer's chat template"
     return fallback, "the checkpoint has no chat template"

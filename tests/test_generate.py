@@ -81,7 +81,7 @@ def test_merged_checkpoint_generates_what_base_plus_adapter_does(tiny_chat: Path
     with_adapter = generate(checkpoint_dir=tiny_chat, lora_path=adapter, **settings)
     assert "Prompt style: alpaca (the style" in capsys.readouterr().err
     from_merged = generate(checkpoint_dir=merged, **settings)
-    assert "Prompt style: alpaca (the style the adapter merged into it" in capsys.readouterr().err
+    assert "Prompt style: alpaca (the style it was finetuned with" in capsys.readouterr().err
     assert from_merged == with_adapter and with_adapter != [""]
     # the style is what makes them equal: the merged weights in the chat template answer otherwise
     assert generate(checkpoint_dir=merged, prompt_style="chat", **settings) != from_merged
