@@ -452,16 +452,16 @@ def prompt_of(example: dict) -> torch.Tensor:
 
 def sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_tokens: int = 40,
            lockstep: bool = False) -> str:
-    """Greedy continuation of `prompt`, up to its EOS. In `lockstep` (ranks generating through a sharded model,
-    which must all run the same forwards) all `max_new_tokens` are computed, EOS or not, and cut after."""
-    from lit_gpt.generate import generate_tokens
+    """Greedy continuation of `prompt`, up to its first stop token (EOS, end of turn), which is cut off. In `lockstep`
+    (ranks generating through a sharded model, which must all run the same forwards) all `max_new_tokens` are
+    computed, stop token or not, and cut after."""
+    from lit_gpt.generate import generate_tokens, until_stop
 
     model.eval()
     new = list(generate_tokens(model, prompt.to(device), max_new_tokens=max_new_tokens, top_k=1,
-                               eos_id=None if lockstep else tokenizer.eos_id))
+                               stop_ids=() if lockstep else tokenizer.stop_ids))
     model.train()
-    if tokenizer.eos_id in new:
-        new = new[: new.index(tokenizer.eos_id) + 1]
+    new = until_stop(new, tokenizer.stop_ids)
     return tokenizer.decode(new, skip_special_tokens=True)
 
 

@@ -1,7 +1,7 @@
 """Autoregressive sampling with the KV cache: one prefill pass over the prompt, then one token per step."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
@@ -28,11 +28,12 @@ def generate_tokens(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
     use_kv_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new token ids after `prompt` (T,), stopping after `eos_id` (which is yielded).
+    """Yield up to `max_new_tokens` new token ids after `prompt` (T,), stopping after the first of `stop_ids` (which
+    is yielded; `until_stop` cuts it off). Pass `tokenizer.stop_ids`: EOS and the model's end-of-turn tokens.
 
     Without the KV cache every step recomputes the whole sequence; that path exists to check the cached one.
     """
@@ -62,7 +63,7 @@ def generate_tokens(
                 logits = model(tokens[None])[0, -1]
             next_token = sample(logits, temperature, top_k, generator)
             yield int(next_token)
-            if eos_id is not None and int(next_token) == eos_id:
+            if int(next_token) in stop_ids:
                 return
             tokens = torch.cat((tokens, next_token))
             step_input = next_token
@@ -70,6 +71,11 @@ def generate_tokens(
     finally:
         if use_kv_cache:
             model.clear_kv_cache()
+
+
+def until_stop(ids: Sequence[int], stop_ids: Collection[int]) -> list[int]:
+    """`ids` up to, not including, the first stop token: the answer's own tokens."""
+    return next((list(ids[:i]) for i, token in enumerate(ids) if token in stop_ids), list(ids))
 
 
 def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
