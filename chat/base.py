@@ -33,8 +33,8 @@ def main(
         checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
         lora_path: A LoRA adapter from finetune/lora.py to apply (its hyperparameters are read from the file).
         prompt_style: alpaca, chat (the tokenizer's chat template) or auto (chat if the tokenizer has one).
-            Default: the adapter's training style with --lora_path, the style a merged checkpoint records, the
-            chat template when the tokenizer has one, else alpaca.
+            Default: the adapter's training style with --lora_path, the style a finetuned (merged or full)
+            checkpoint records, the chat template when the tokenizer has one, else alpaca.
         max_new_tokens: Longest answer, in tokens.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only.

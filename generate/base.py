@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 import torch
 
 from lit_gpt.checkpoint import load_model
-from lit_gpt.generate import generate_tokens
+from lit_gpt.generate import generate_tokens, until_stop
 from lit_gpt.lora import load_lora_into
 from lit_gpt.prompts import default_prompt_style, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
@@ -33,7 +33,9 @@ def main(
     precision: str | None = None,
     seed: int = 1234,
 ) -> list[str]:
-    """Sample continuations of a prompt with the KV cache, stopping at the tokenizer's EOS.
+    """Sample continuations of a prompt with the KV cache, stopping at any of the tokenizer's stop tokens (EOS).
+
+    The stop tokens are EOS and the ids generation_config.json lists in `eos_token_id` (Llama 3.1's <|eot_id|>).
 
     Args:
         checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
@@ -42,8 +44,8 @@ def main(
             its rank, alpha and targets are read from the file.
         prompt_style: How to wrap the prompt: raw (as is), alpaca (Lit-GPT's template), chat (the tokenizer's
             chat template) or auto (chat if the tokenizer has one, else alpaca). Default: what the checkpoint was
-            made for: the adapter's training style with --lora_path, the style a merged checkpoint records, the
-            chat template when the tokenizer has one, else raw.
+            made for: the adapter's training style with --lora_path, the style a finetuned (merged or full)
+            checkpoint records, the chat template when the tokenizer has one, else raw.
         max_new_tokens: How many tokens to generate at most.
         temperature: Sampling temperature; 0 is greedy.
         top_k: Sample among the k most likely tokens only; 1 is greedy.
@@ -86,10 +88,9 @@ def main(
         t0 = time.perf_counter()
         with fabric.autocast():  # a no-op except for the "-mixed" precisions
             new = list(generate_tokens(model, ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                                       eos_id=tokenizer.eos_id))
+                                       stop_ids=tokenizer.stop_ids))
         elapsed = time.perf_counter() - t0
-        if new and new[-1] == tokenizer.eos_id:
-            new = new[:-1]
+        new = until_stop(new, tokenizer.stop_ids)
         outputs.append(tokenizer.decode(new, skip_special_tokens=True))
         print(outputs[-1])
         print(f"Generated {len(new)} tokens in {elapsed:.2f}s ({len(new) / elapsed:.1f} tokens/s)", file=sys.stderr)

@@ -15,11 +15,11 @@ from lit_gpt.tokenizer import Tokenizer
 
 def stream_text(tokens: Iterator[int], tokenizer: Tokenizer) -> Iterator[str]:
     """Text pieces as tokens arrive; together they are the decoded answer. A piece is held back while it ends inside
-    a multi-byte character (a token can carry half of an emoji); EOS is not shown."""
+    a multi-byte character (a token can carry half of an emoji); the stop token (EOS, end of turn) is not shown."""
     ids: list[int] = []
     shown = ""
     for token in tokens:
-        if token == tokenizer.eos_id:
+        if token in tokenizer.stop_ids:
             break
         ids.append(token)
         text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -51,16 +51,17 @@ def chat_loop(
     turns: list[Turn] = []
     while message := read():
         history = turns + [Turn(message, "")]
-        ids = conversation_prompt_ids(encoder, style.segments(history), style.bos)
+        # only the prompt of the last turn is read: templates that rewrite earlier turns (Qwen 3) render it exactly
+        ids = conversation_prompt_ids(encoder, style.segments(history, last_turn_only=True), style.bos)
         while len(ids) + max_new_tokens > model.config.block_size and len(history) > 1:
             history = history[1:]  # forget the oldest turn rather than fail
-            ids = conversation_prompt_ids(encoder, style.segments(history), style.bos)
+            ids = conversation_prompt_ids(encoder, style.segments(history, last_turn_only=True), style.bos)
         if len(ids) + max_new_tokens > model.config.block_size:
             write(f"(that message is {len(ids)} tokens, too long for the model's context of "
                   f"{model.config.block_size} with {max_new_tokens} tokens of answer; send a shorter one)\n")
             continue
         tokens = generate_tokens(model, torch.tensor(ids, device=device), max_new_tokens, temperature=temperature,
-                                 top_k=top_k, eos_id=tokenizer.eos_id)
+                                 top_k=top_k, stop_ids=tokenizer.stop_ids)
         answer = ""
         for piece in stream_text(tokens, tokenizer):
             write(piece)

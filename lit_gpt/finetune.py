@@ -36,7 +36,7 @@ from lit_gpt.batching import EpochStream, Order, order_keys
 from lit_gpt.collate import step_batches
 from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.fsdp import is_sharded, lockstep_batches
-from lit_gpt.prompts import PromptStyle, load_prompt_style
+from lit_gpt.prompts import PromptStyle, load_prompt_style, save_checkpoint_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.training import (
     STATE_NAME, EpochTracker, MetricsCSV, all_rng_states, batch_loss, effective_warmup, load_state, lr_at,
@@ -452,16 +452,16 @@ def prompt_of(example: dict) -> torch.Tensor:
 
 def sample(model, tokenizer: Tokenizer, prompt: torch.Tensor, device, max_new_tokens: int = 40,
            lockstep: bool = False) -> str:
-    """Greedy continuation of `prompt`, up to its EOS. In `lockstep` (ranks generating through a sharded model,
-    which must all run the same forwards) all `max_new_tokens` are computed, EOS or not, and cut after."""
-    from lit_gpt.generate import generate_tokens
+    """Greedy continuation of `prompt`, up to its first stop token (EOS, end of turn), which is cut off. In `lockstep`
+    (ranks generating through a sharded model, which must all run the same forwards) all `max_new_tokens` are
+    computed, stop token or not, and cut after."""
+    from lit_gpt.generate import generate_tokens, until_stop
 
     model.eval()
     new = list(generate_tokens(model, prompt.to(device), max_new_tokens=max_new_tokens, top_k=1,
-                               eos_id=None if lockstep else tokenizer.eos_id))
+                               stop_ids=() if lockstep else tokenizer.stop_ids))
     model.train()
-    if tokenizer.eos_id in new:
-        new = new[: new.index(tokenizer.eos_id) + 1]
+    new = until_stop(new, tokenizer.stop_ids)
     return tokenizer.decode(new, skip_special_tokens=True)
 
 
@@ -552,18 +552,15 @@ def save_checkpoint(fabric, out_dir: Path, step: int, state: dict[str, Any]) -> 
     return step
 
 
-PROMPT_STYLE_NAME = "prompt_style.json"
-
-
 def save_model_folder(state: dict[str, torch.Tensor], config, base_dir: Path, folder: Path, prompt_style: str) -> None:
     """Write a checkpoint folder of the model weights `state` (a `GPT.state_dict()` for `config`) that every script takes as --checkpoint_dir (generate, chat,
     finetune again, convert_lit_checkpoint): lit_model.safetensors (a tied head stored once, as the embedding),
     lit_config.json, the base folder's tokenizer, generation and Hugging Face config files, and the prompt style the
-    model was finetuned with (prompt_style.json)."""
+    model was finetuned with (`lit_prompt_style.json`, which generation and chat then default to)."""
     from lit_gpt.checkpoint import save_weights
     from lit_gpt.convert import check_state_dict
     from lit_gpt.export import _copy_base_files
-    from lit_gpt.utils import LIT_WEIGHTS_NAME, atomic_write_json
+    from lit_gpt.utils import LIT_WEIGHTS_NAME
 
     state = {name: t.detach() for name, t in state.items()}
     if config.tie_embeddings:
@@ -573,7 +570,7 @@ def save_model_folder(state: dict[str, torch.Tensor], config, base_dir: Path, fo
     save_weights(state, folder / LIT_WEIGHTS_NAME)
     config.save(folder)
     _copy_base_files(base_dir, folder, untie=False)
-    atomic_write_json(folder / PROMPT_STYLE_NAME, {"prompt_style": prompt_style})
+    save_checkpoint_prompt_style(folder, prompt_style)
 
 
 def plot_losses(rows: list[dict[str, str]], path: Path) -> None:

@@ -1,7 +1,7 @@
 """Autoregressive sampling with the KV cache: one prefill pass over the prompt, then one token per step."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 import torch
 
@@ -29,11 +29,12 @@ def generate_tokens(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
     use_kv_cache: bool = True,
     generator: torch.Generator | None = None,
 ) -> Iterator[int]:
-    """Yield up to `max_new_tokens` new token ids after `prompt` (T,), stopping after `eos_id` (which is yielded).
+    """Yield up to `max_new_tokens` new token ids after `prompt` (T,), stopping after the first of `stop_ids` (which
+    is yielded; `until_stop` cuts it off). Pass `tokenizer.stop_ids`: EOS and the model's end-of-turn tokens.
 
     Without the KV cache every step recomputes the whole sequence; that path exists to check the cached one.
     """
@@ -63,7 +64,7 @@ def generate_tokens(
                 logits = model(tokens[None])[0, -1]
             next_token = sample(logits, temperature, top_k, generator)
             yield int(next_token)
-            if eos_id is not None and int(next_token) == eos_id:
+            if int(next_token) in stop_ids:
                 return
             tokens = torch.cat((tokens, next_token))
             step_input = next_token
@@ -71,6 +72,11 @@ def generate_tokens(
     finally:
         if use_kv_cache:
             model.clear_kv_cache()
+
+
+def until_stop(ids: Sequence[int], stop_ids: Collection[int]) -> list[int]:
+    """`ids` up to, not including, the first stop token: the answer's own tokens."""
+    return next((list(ids[:i]) for i, token in enumerate(ids) if token in stop_ids), list(ids))
 
 
 def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, **kwargs) -> torch.Tensor:
@@ -86,10 +92,11 @@ def generate_batch(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_k: int | None = None,
-    eos_id: int | None = None,
+    stop_ids: Collection[int] = (),
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
-    """The new token ids after each of `prompts` (EOS included where it came), generated together with the KV cache.
+    """The new token ids after each of `prompts` (the stop token included where one came), generated together with
+    the KV cache.
 
     Prompts are left-padded to the longest, so every row writes its next token into the same cache slot:
 
@@ -99,7 +106,7 @@ def generate_batch(
 
     Each row's RoPE positions start at 0 where its prompt starts, so a row computes what it would alone: greedy
     decoding gives the tokens of `generate_tokens` one prompt at a time (tested), up to float rounding in near-ties.
-    A row that reached EOS keeps being computed until all have (or `max_new_tokens`), its extra tokens discarded.
+    A row that stopped keeps being computed until all have (or `max_new_tokens`), its extra tokens discarded.
     """
     B, T = len(prompts), max(len(p) for p in prompts)
     total = T + max_new_tokens
@@ -109,6 +116,11 @@ def generate_batch(
     if total > model.max_seq_length:
         model.max_seq_length = total
     device = model.embed.weight.device
+    stale_at = model.kv_cache_stale_at
+    if stale_at is not None and total > stale_at:
+        # LongRoPE recomputes the whole cache when a row passes its original context, at another step in every row
+        return [list(generate_tokens(model, torch.as_tensor(p, device=device), max_new_tokens, temperature, top_k,
+                                     stop_ids, generator=generator)) for p in prompts]
     pad = torch.tensor([T - len(p) for p in prompts], device=device)  # (B,)
     idx = torch.zeros((B, T), dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
@@ -116,36 +128,22 @@ def generate_batch(
     slots = torch.arange(total, device=device)
     positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, total): a row's own positions, from its prompt
     real = slots[None, :] >= pad[:, None]  # (B, total): key slots holding a real token of the row
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
     out: list[list[int]] = [[] for _ in range(B)]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     model.set_kv_cache(batch_size=B, max_seq_length=total)
     try:
         input_pos, step = torch.arange(T, device=device), idx
         for _ in range(max_new_tokens):
-            # a padding query sees itself only: a row of all-masked keys would give NaN, which the cache would keep
-            mask = (slots[None, :] <= input_pos[:, None]) & (real[:, None, :] | (slots[None, :] == input_pos[:, None]))
-            if model.config.sliding_window is not None:
-                mask &= slots[None, :] > input_pos[:, None] - model.config.sliding_window
-            logits = _forward_last(model, step, input_pos, positions[:, input_pos], mask[:, None])  # (B, vocab)
+            logits = model(step, input_pos=input_pos, positions=positions[:, input_pos], key_mask=real,
+                           head=lambda hidden, head: head(hidden[:, -1]))  # (B, vocab): the last position only
             next_tokens = sample(logits, temperature, top_k, generator)  # (B, 1)
             for row in (~done).nonzero().flatten().tolist():
                 out[row].append(int(next_tokens[row]))
-            if eos_id is not None:
-                done |= next_tokens[:, 0] == eos_id
-                if bool(done.all()):
-                    break
+            done |= torch.isin(next_tokens[:, 0], stops)
+            if bool(done.all()):
+                break
             step, input_pos = next_tokens, input_pos[-1:] + 1
     finally:
         model.clear_kv_cache()
     return out
-
-
-def _forward_last(model: GPT, idx: torch.Tensor, input_pos: torch.Tensor, positions: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
-    """`model(idx, input_pos)[:, -1]` with per-row RoPE `positions` (B, T) and attention `mask` (B, 1, T, cache
-    size): GPT.forward takes one position vector for the whole batch, which left-padded rows cannot share."""
-    cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
-    x = model.embed(idx)  # (B, T, n_embd)
-    for block in model.blocks:
-        x = block(x, cos, sin, mask, input_pos)
-    return model.lm_head(model.norm(x[:, -1]))  # (B, vocab_size)

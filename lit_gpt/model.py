@@ -85,13 +85,13 @@ class GPT(nn.Module):
 
     @overload
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                head: bool = True) -> torch.Tensor: ...
+                head: bool = True, key_mask: torch.Tensor | None = None) -> torch.Tensor: ...
 
     @overload
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None, positions: torch.Tensor | None = None,
-                *, head: Head[HeadOut]) -> HeadOut: ...
+                *, head: Head[HeadOut], key_mask: torch.Tensor | None = None) -> HeadOut: ...
 
-    def forward(self, idx, input_pos=None, positions=None, head=True):
+    def forward(self, idx, input_pos=None, positions=None, head=True, key_mask=None):
         """Logits (B, T, vocab_size) for token ids `idx` (B, T); with `head=False` the final normed hidden
         states (B, T, n_embd) instead; with `head` a function, `head(hidden, self.logits)`: a loss that applies the
         head in chunks, computed inside this forward, where a sharded (FSDP) model has the head's weight gathered.
@@ -99,18 +99,19 @@ class GPT(nn.Module):
         Without `input_pos`: a full causal pass (training, evaluation). With `input_pos` (T,) the absolute
         positions of `idx`: a step of cached generation; needs `set_kv_cache` first. With `positions` (B, T):
         rows of packed examples, each example's positions restarting at 0; attention stays inside each example.
+        With `input_pos` and `positions` (B, T) together: left-padded rows of a batched cached step
+        (`lit_gpt.generate.generate_batch`): `input_pos` are the cache slots, `positions` each row's own RoPE positions
+        and `key_mask` (B, cache size) the slots that hold a real token of each row.
         """
         T = idx.size(1)
         if input_pos is None and positions is None and T > self.max_seq_length:
             raise ValueError(f"sequence of {T} tokens exceeds max_seq_length={self.max_seq_length}")
         # (a packed row may be longer than max_seq_length: only its examples' positions index the RoPE tables)
-        if input_pos is not None:
-            positions = input_pos
-        elif positions is None:
-            positions = torch.arange(T, device=idx.device)
+        if positions is None:
+            positions = input_pos if input_pos is not None else torch.arange(T, device=idx.device)
         # one mask per distinct layer window (None: global layers), one RoPE table per layer kind
         windows = {block.attn.sliding_window for block in self.blocks}
-        masks = {w: self.attention_mask(positions, input_pos, w) for w in windows}
+        masks = {w: self.attention_mask(positions, input_pos, w, key_mask) for w in windows}
         ropes = {local: self.rope(positions, local) for local in {w is not None for w in windows}}
 
         x = self.embed(idx)  # (B, T, n_embd)
@@ -137,17 +138,24 @@ class GPT(nn.Module):
         return logits
 
     def attention_mask(
-        self, positions: torch.Tensor, input_pos: torch.Tensor | None, sliding_window: int | None
+        self, positions: torch.Tensor, input_pos: torch.Tensor | None, sliding_window: int | None,
+        key_mask: torch.Tensor | None = None,
     ) -> Mask:
         """The one place that decides how attention is masked, for layers with this `sliding_window` (None: global).
 
-            cached step (input_pos)   rows over the whole KV cache: `build_mask`
+            cached step (input_pos)   rows over the whole KV cache: `build_mask` (and `key_mask`: left padding)
             packed rows (B, T)        each example attends to itself only: `packed_attention`
             plain causal              None, so SDPA picks its fused causal kernels (a window needs `build_mask`)
         """
         fused_ok = self.config.attn_logit_softcapping is None  # soft-capping needs explicit scores, not SDPA
         if input_pos is not None:
-            return build_mask(positions, self.blocks[0].attn.kv_cache.size, sliding_window)
+            kv_len = self.blocks[0].attn.kv_cache.size
+            mask = build_mask(input_pos, kv_len, sliding_window)  # (T, kv_len)
+            if key_mask is None:
+                return mask
+            # padding is no key; a padding query sees itself only (no key at all would give NaN, kept by the cache)
+            own = torch.arange(kv_len, device=input_pos.device)[None, :] == input_pos[:, None]  # (T, kv_len)
+            return ((mask & key_mask[:, None, :]) | own)[:, None]  # (B, 1, T, kv_len)
         if positions.dim() == 2:
             return packed_attention(positions, sliding_window, lengths_ok=fused_ok)
         if sliding_window is None and fused_ok:

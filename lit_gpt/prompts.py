@@ -25,6 +25,9 @@ Styles, by `--prompt_style` name:
 - `chat`: the model's own chat template (`chat_template.jinja` or tokenizer_config.json), e.g. SmolLM2's ChatML.
   Segments are the differences between renderings of growing prefixes of the conversation, so the text is exactly
   what `apply_chat_template` gives. The user message is the instruction, plus a blank line and the input if any.
+  A template that rewrites earlier turns once a later one follows (Qwen 3 drops their `<think>` blocks) gives no such
+  prefixes: multi-turn samples are refused unless only the last answer is learned (`--last_turn_only`), and then the
+  sample is the template's text for the last turn (chat reads only that prompt, so it always works).
 - `auto` (the default of every prepare script): `chat` when the tokenizer has a chat template, otherwise `alpaca`.
   A model with a chat template was instruction-tuned with it, and finetuning it on another format fights what it
   learned; a base model (e.g. Llama-2-7b-hf in the walkthrough) has none and gets Lit-GPT's Alpaca template.
@@ -39,7 +42,8 @@ from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError, atomic_write_json, read_json
 
 PROMPT_STYLES = ("auto", "alpaca", "chat")
-# A merged checkpoint's record of the style its adapter was trained with: {"prompt_style": "alpaca"}
+# A finetuned checkpoint's record of the style it was trained with (merge_lora: its adapter's; finetune/full.py: its
+# data's): {"prompt_style": "alpaca"}
 PROMPT_STYLE_NAME = "lit_prompt_style.json"
 
 
@@ -65,8 +69,11 @@ class PromptStyle(Protocol):
     name: str
     bos: bool  # whether the token stream starts with BOS (chat templates write their own BOS text, if any)
 
-    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
-        """Prompt and response segments alternating, starting with a prompt; their concatenation is the sample."""
+    def segments(self, turns: Sequence[Turn], last_turn_only: bool = False) -> list[Segment]:
+        """Prompt and response segments alternating, starting with a prompt; their concatenation is the sample.
+
+        `last_turn_only`: only the last response will be learned (and chat reads only the prompt before it), so a
+        style may return earlier turns as one prompt segment."""
         ...
 
     def prompt(self, instruction: str, input: str = "") -> str:
@@ -90,7 +97,7 @@ class Alpaca:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.bos = tokenizer.add_bos
 
-    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
+    def segments(self, turns: Sequence[Turn], last_turn_only: bool = False) -> list[Segment]:
         header = self.HEADER_WITH_INPUT if any(turn.input for turn in turns) else self.HEADER
         out = []
         for i, turn in enumerate(turns):
@@ -119,7 +126,7 @@ class ChatTemplate:
             )
         self.tokenizer = tokenizer
 
-    def segments(self, turns: Sequence[Turn]) -> list[Segment]:
+    def segments(self, turns: Sequence[Turn], last_turn_only: bool = False) -> list[Segment]:
         messages: list[dict[str, str]] = []
         rendered = ""
         out = []
@@ -128,7 +135,20 @@ class ChatTemplate:
             prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
             messages.append({"role": "assistant", "content": turn.response})
             full = self.tokenizer.apply_chat_template(messages)
-            out.append(Segment(self._continuation(rendered, prompt), trainable=False))
+            if not prompt.startswith(rendered):
+                # The template rewrites earlier turns once a later one follows (Qwen 3 drops the <think> block of
+                # earlier answers): one sample cannot hold each answer as the template writes it for its own turn.
+                # With only the last answer learned, the sample is exactly the template's text for the last turn.
+                if not last_turn_only:
+                    raise UserError(
+                        f"the chat template of {self.tokenizer.checkpoint_dir} renders earlier turns differently once "
+                        "a later turn follows (e.g. Qwen 3 drops the <think> block of earlier answers), so only the "
+                        "last answer of a conversation can be learned exactly; prepare with --last_turn_only true "
+                        "(or --prompt_style alpaca)"
+                    )
+                out = [Segment(prompt, trainable=False)]
+            else:
+                out.append(Segment(prompt[len(rendered):], trainable=False))
             out.append(Segment(self._continuation(prompt, full), trainable=True))
             rendered = full
         return out
@@ -138,14 +158,14 @@ class ChatTemplate:
             [{"role": "user", "content": _user_content(Turn(instruction, "", input))}], add_generation_prompt=True
         )
 
-    def _continuation(self, prefix: str, text: str) -> str:
-        # Templates that rewrite earlier turns once a later one exists (e.g. dropping past reasoning) break this.
-        if not text.startswith(prefix):
+    def _continuation(self, prompt: str, text: str) -> str:
+        if not text.startswith(prompt):
             raise UserError(
-                f"the chat template of {self.tokenizer.checkpoint_dir} renders earlier turns differently once a "
-                "later turn follows, so prompt and response cannot be cut apart exactly; use --prompt_style alpaca"
+                f"the chat template of {self.tokenizer.checkpoint_dir} renders an answer's own turn differently from "
+                "the prompt it gives for it (with add_generation_prompt), so prompt and response cannot be cut apart "
+                "exactly; use --prompt_style alpaca"
             )
-        return text[len(prefix):]
+        return text[len(prompt):]
 
 
 def _user_content(turn: Turn) -> str:
@@ -172,7 +192,7 @@ def default_prompt_style(checkpoint_dir: Path, tokenizer: Tokenizer, lora_path: 
                          fallback: str = "raw") -> tuple[str, str]:
     """The style a checkpoint (with an optional adapter) was made for, and why, when the user names none.
 
-    In order: the adapter's training style (in its metadata), the style a merged checkpoint records
+    In order: the adapter's training style (in its metadata), the style a merged or fully finetuned checkpoint records
     (`lit_prompt_style.json`), the tokenizer's chat template (an instruction-tuned model answers in it and may
     say nothing to a bare prompt), else `fallback` (generation continues a base model's text: raw).
     """
@@ -182,7 +202,7 @@ def default_prompt_style(checkpoint_dir: Path, tokenizer: Tokenizer, lora_path: 
         return name, f"the style {lora_path} was trained with"
     record = Path(checkpoint_dir) / PROMPT_STYLE_NAME
     if record.is_file() and (name := read_json(record).get("prompt_style")):
-        return name, f"the style the adapter merged into it was trained with ({record})"
+        return name, f"the style it was finetuned with ({record})"
     if tokenizer.has_chat_template:
         return "chat", "the tokenizer's chat template"
     return fallback, "the checkpoint has no chat template"

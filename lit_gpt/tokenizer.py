@@ -57,6 +57,7 @@ class Tokenizer:
     pad_id: int | None
     add_bos: bool  # whether encode() prepends BOS by default (as transformers would)
     add_eos: bool  # whether encode() appends EOS by default
+    stop_ids: frozenset[int]  # tokens that end a generated answer: EOS and generation_config.json's eos_token_id(s)
     chat_template: str | None
 
     def __init__(self, checkpoint_dir: Path | str) -> None:
@@ -89,6 +90,7 @@ class Tokenizer:
                 setattr(self, f"{name}_id", self._config_token_id(f"{name}_token_id"))
         self.add_bos = self.add_bos and self.bos_id is not None
         self.add_eos = self.add_eos and self.eos_id is not None
+        self.stop_ids = self._stop_ids()
 
         # A separate chat_template.jinja wins over the config entry, as in transformers.
         template_path = self.checkpoint_dir / "chat_template.jinja"
@@ -189,6 +191,18 @@ class Tokenizer:
             if isinstance(value, int):
                 return value
         return None
+
+    def _stop_ids(self) -> frozenset[int]:
+        # Chat models end a turn with a token of their own and list it next to EOS (Llama 3.1: <|eot_id|>, <|eom_id|>;
+        # Gemma: <end_of_turn>; Phi-3: <|end|>), as transformers' `generate` reads them. Training data keeps the one EOS.
+        path = self.checkpoint_dir / "generation_config.json"
+        value = _read_dict(path).get("eos_token_id")
+        listed = value if isinstance(value, list) else [] if value is None else [value]
+        for i in listed:
+            if not isinstance(i, int) or isinstance(i, bool) or i < 0:
+                raise UserError(f"{path}: eos_token_id {value!r} should be a token id or a list of token ids; fix or "
+                                "remove the entry")
+        return frozenset(listed) | ({self.eos_id} if self.eos_id is not None else set())
 
     # -- public API ---------------------------------------------------------------------------------------------
 

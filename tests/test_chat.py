@@ -9,7 +9,7 @@ import torch
 from lit_gpt.chat import chat_loop, stream_text
 from lit_gpt.config import Config
 from lit_gpt.data.tokenize import SegmentEncoder, conversation_prompt_ids
-from lit_gpt.generate import generate_tokens
+from lit_gpt.generate import generate_tokens, until_stop
 from lit_gpt.model import GPT
 from lit_gpt.prompts import Turn, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
@@ -50,8 +50,8 @@ def test_chat_loop_streams_greedy_answers_with_history(setup) -> None:
     # the second answer is what greedy generation gives for the conversation including the first answer
     encoder = SegmentEncoder(tokenizer)
     ids = conversation_prompt_ids(encoder, style.segments([turns[0], Turn(turns[1].instruction, "")]), style.bos)
-    new = list(generate_tokens(model, torch.tensor(ids), 12, top_k=1, eos_id=tokenizer.eos_id))
-    new = new[:-1] if new and new[-1] == tokenizer.eos_id else new
+    new = until_stop(list(generate_tokens(model, torch.tensor(ids), 12, top_k=1, stop_ids=tokenizer.stop_ids)),
+                     tokenizer.stop_ids)
     assert turns[1].response == tokenizer.decode(new, skip_special_tokens=True)
     assert "".join(written) == turns[0].response + "\n" + turns[1].response + "\n"
 

@@ -97,8 +97,8 @@ def test_batched_greedy_equals_one_prompt_at_a_time(sliding_window: int | None) 
     assert generate_batch(model, prompts, 15) == alone
     # a row that reaches EOS stops there (EOS included) while the others go on
     eos = alone[1][3]
-    alone = [list(generate_tokens(model, torch.tensor(p), 15, top_k=1, eos_id=eos)) for p in prompts]
-    assert generate_batch(model, prompts, 15, eos_id=eos) == alone
+    alone = [list(generate_tokens(model, torch.tensor(p), 15, top_k=1, stop_ids=(eos,))) for p in prompts]
+    assert generate_batch(model, prompts, 15, stop_ids=(eos,)) == alone
     assert len(alone[1]) == alone[1].index(eos) + 1 <= 4 and max(map(len, alone)) == 15
 
 
@@ -170,7 +170,7 @@ def test_answers_are_the_models_greedy_answers_in_file_order(workspace: dict, tm
         user = f"{row['instruction']}\n\n{row['input']}" if row.get("input") else row["instruction"]
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True)
         new = list(generate_tokens(model, torch.tensor(tokenizer.encode(prompt)), 12, top_k=1,
-                                   eos_id=tokenizer.eos_id))
+                                   stop_ids=tokenizer.stop_ids))
         assert line["output"] == tokenizer.decode(new, skip_special_tokens=True).strip()
         assert line["finished"] == (new[-1] == tokenizer.eos_id) and line["new_tokens"] == len(new) - line["finished"]
         assert line["reference"] if "output" in row else "reference" not in line

@@ -407,3 +407,17 @@ def test_hub_config_json_gives_the_named_config(name: str) -> None:
     hf = transformers.AutoConfig.for_model(**HUB_CONFIGS[name])
     head_size = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     assert (hf.num_hidden_layers, hf.hidden_size, head_size) == (derived.n_layer, derived.n_embd, derived.head_size)
+
+
+@pytest.mark.parametrize("layout", ["gemma2", "gemma3", "qwen3", "olmo2", "phi3_longrope"])
+def test_batched_generation_equals_one_prompt_at_a_time(converted: dict, layout: str) -> None:
+    """`generate_batch` (left-padded rows through the model's own forward: soft-caps, scaled embeddings, per-layer
+    windows and RoPE tables included) gives each prompt's greedy tokens of `generate_tokens` alone."""
+    from lit_gpt.generate import generate_batch, generate_tokens
+
+    hf_dir, _ = converted[layout]
+    model = load_model(hf_dir).eval()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in (9, 2, 6)]
+    alone = [list(generate_tokens(model, torch.tensor(p), 12, top_k=1)) for p in prompts]
+    assert generate_batch(model, prompts, 12) == alone

@@ -151,3 +151,51 @@ def test_qwen3_thinking_blocks_in_the_template(tmp_path: Path) -> None:
     last = ours.apply_chat_template(CONVERSATIONS[2])
     assert last.endswith("<|im_start|>assistant\n<think>\nA greeting.\n</think>\n\nHello!<|im_end|>\n")
     assert ours.token_to_id("<think>") != ours.token_to_id("</think>")
+
+
+def test_qwen3_multi_turn_learns_the_last_answer_exactly_and_chat_prompts_as_the_template(tmp_path: Path) -> None:
+    """Qwen 3 drops earlier answers' <think> blocks once a later turn follows: all answers of a conversation cannot
+    be learned in one exact sample (refused, saying what to do), the last one can, and chat's prompt is the template's."""
+    from lit_gpt.data.tokenize import IGNORE_INDEX, SegmentEncoder, conversation_prompt_ids
+    from lit_gpt.prompts import Turn, load_prompt_style
+    from lit_gpt.utils import UserError
+
+    tokenizer = Tokenizer(_tokenizer_dir(tmp_path, "qwen3"))
+    style = load_prompt_style("chat", tokenizer)
+    turns = [Turn("What is 2+2?", "<think>\nTwo and two.\n</think>\n\n4"), Turn("And 3+3?", "6")]
+    messages = [m for t in turns for m in ({"role": "user", "content": t.instruction},
+                                            {"role": "assistant", "content": t.response})]
+    with pytest.raises(UserError, match="--last_turn_only true"):
+        style.segments(turns)
+
+    segments = style.segments(turns, last_turn_only=True)
+    prompt = tokenizer.apply_chat_template(messages[:3], add_generation_prompt=True)
+    assert "Two and two" not in prompt  # the template's rendering of the earlier turn
+    assert [(s.text, s.trainable) for s in segments] == [
+        (prompt, False), (tokenizer.apply_chat_template(messages)[len(prompt):], True)]
+    encoder = SegmentEncoder(tokenizer)
+    sample = encoder.build(segments, encoder.encode([segments])[0], style.bos, last_turn_only=True)
+    assert tokenizer.decode(sample.input_ids) == tokenizer.apply_chat_template(messages)
+    learned = [i for i, label in zip(sample.input_ids, sample.labels) if label != IGNORE_INDEX]
+    assert tokenizer.decode(learned) == "<think>\n\n</think>\n\n6<|im_end|>"
+
+    # what chat feeds the model for the second turn: the template's own prompt, token for token
+    history = style.segments([turns[0], Turn(turns[1].instruction, "")], last_turn_only=True)
+    assert conversation_prompt_ids(encoder, history, style.bos) == tokenizer.encode(prompt, bos=False)
+
+
+def test_qwen3_multi_turn_data_preparation_names_the_row_and_the_flag(tmp_path: Path) -> None:
+    from lit_gpt.data import LIMA, prepare
+    from lit_gpt.data.layout import META_NAME
+    from lit_gpt.utils import UserError
+
+    folder = _tokenizer_dir(tmp_path, "qwen3")
+    data_file = tmp_path / "train.jsonl"
+    rows = [{"conversations": ["Hi", "Hello!"]}, {"conversations": ["What is 2+2?", "4", "And 3+3?", "6"]}] * 4
+    data_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = dict(checkpoint_dir=folder, data_file=data_file, test_split_fraction=0.0)
+    with pytest.raises(UserError, match=r"train\.jsonl.*line 2.*--last_turn_only true"):
+        prepare(LIMA, destination_path=tmp_path / "all", **common)
+    prepare(LIMA, destination_path=tmp_path / "last", last_turn_only=True, **common)
+    meta = json.loads((tmp_path / "last" / META_NAME).read_text())
+    assert meta["samples"]["train"] == 8 and meta["last_turn_only"]

@@ -2,6 +2,7 @@
 scripts take, a killed run resumes exactly, and 2 DDP or FSDP processes equal 1."""
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
+from lit_gpt.prompts import PROMPT_STYLE_NAME
 from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME
 
 full = load_script("finetune/full.py")
@@ -36,9 +38,10 @@ def test_full_finetuning_trains_every_weight_into_a_checkpoint_folder(workspace:
     history = [m for m in result["history"] if "train_loss" in m]
     assert len(history) == 12 and history[-1]["train_loss"] < 0.9 * history[0]["train_loss"]
     assert result["final_val_loss"] < 0.9 * result["initial_val_loss"]
-    for name in (LIT_WEIGHTS_NAME, LIT_CONFIG_NAME, "tokenizer.json", "tokenizer_config.json", "prompt_style.json",
+    for name in (LIT_WEIGHTS_NAME, LIT_CONFIG_NAME, "tokenizer.json", "tokenizer_config.json", PROMPT_STYLE_NAME,
                  "training_state.pt", "metrics.csv", "loss.png"):
         assert (out / name).is_file(), name
+    assert json.loads((out / PROMPT_STYLE_NAME).read_text()) == {"prompt_style": "chat"}  # the data's style
     # every weight moved (a tied head is stored once, as the embedding), and the folder loads as a checkpoint
     base, tuned = load_model(workspace["checkpoint"]), load_model(out)
     for (name, before), after in zip(base.state_dict().items(), tuned.state_dict().values(), strict=True):
@@ -56,6 +59,29 @@ def test_full_finetuning_trains_every_weight_into_a_checkpoint_folder(workspace:
     idx = torch.tensor([[5, 17, 42, 9, 101]])
     with torch.no_grad():
         torch.testing.assert_close(hf_model(idx).logits, tuned.eval()(idx), rtol=1e-4, atol=1e-4)
+
+
+def test_a_saved_model_folder_makes_generation_and_chat_default_to_its_training_style(
+        workspace: dict[str, Path], tmp_path: Path) -> None:
+    """The folder full.py writes records the data's prompt style where generate/base.py and chat/base.py look for it,
+    and wins over the tokenizer's chat template."""
+    from lit_gpt.checkpoint import load_model
+    from lit_gpt.finetune import save_model_folder
+    from lit_gpt.prompts import default_prompt_style
+    from lit_gpt.tokenizer import Tokenizer
+
+    model = load_model(workspace["checkpoint"])
+    folder = tmp_path / "tuned"
+    save_model_folder(model.state_dict(), model.config, workspace["checkpoint"], folder, "alpaca")
+    tokenizer = Tokenizer(folder)
+    assert tokenizer.has_chat_template
+    assert default_prompt_style(folder, tokenizer, fallback="alpaca")[0] == "alpaca"
+    assert default_prompt_style(workspace["checkpoint"], tokenizer)[0] == "chat"
+
+    generate = load_script("generate/base.py")
+    common = dict(prompt="Name color number 3.", top_k=1, max_new_tokens=8, precision="32-true")
+    assert generate.main(folder, **common) == generate.main(folder, prompt_style="alpaca", **common)
+    assert generate.main(folder, prompt_style="chat", **common) == generate.main(workspace["checkpoint"], **common)
 
 
 def test_full_finetuning_kill_and_resume_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:

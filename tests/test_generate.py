@@ -81,7 +81,7 @@ def test_merged_checkpoint_generates_what_base_plus_adapter_does(tiny_chat: Path
     with_adapter = generate(checkpoint_dir=tiny_chat, lora_path=adapter, **settings)
     assert "Prompt style: alpaca (the style" in capsys.readouterr().err
     from_merged = generate(checkpoint_dir=merged, **settings)
-    assert "Prompt style: alpaca (the style the adapter merged into it" in capsys.readouterr().err
+    assert "Prompt style: alpaca (the style it was finetuned with" in capsys.readouterr().err
     assert from_merged == with_adapter and with_adapter != [""]
     # the style is what makes them equal: the merged weights in the chat template answer otherwise
     assert generate(checkpoint_dir=merged, prompt_style="chat", **settings) != from_merged
@@ -111,6 +111,40 @@ def test_export_dtype_is_chosen_and_said(tiny: Path, tmp_path: Path, capsys: pyt
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "float32"
     convert_lit_checkpoint(tmp_path / "m16", tmp_path / "hf16")
     assert json.loads((tmp_path / "hf16" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+
+
+def test_generation_chat_and_finetune_samples_stop_at_any_listed_eos_id(tiny: Path, tmp_path: Path) -> None:
+    """generation_config.json's `eos_token_id` list (Llama 3.1's <|eot_id|>, Gemma's <end_of_turn>) ends an answer
+    wherever it is generated, and is not shown; the tokenizer (and so prepared data) is unchanged."""
+    from lit_gpt.chat import stream_text
+    from lit_gpt.finetune import sample
+    from lit_gpt.generate import generate_tokens
+
+    folder = tmp_path / "two-eos"
+    shutil.copytree(tiny, folder)
+    tokenizer, model = Tokenizer(folder), load_model(folder).eval()
+    prompt = "The quick brown fox"
+    ids = torch.tensor(tokenizer.encode(prompt))
+    free = list(generate_tokens(model, ids, 12, top_k=1))
+    assert tokenizer.eos_id not in free
+    k = next(i for i in range(2, len(free)) if free[i] not in free[:i])  # a token first generated at position k
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [tokenizer.eos_id, free[k]]}))
+
+    stopping = Tokenizer(folder)
+    assert stopping.stop_ids == {tokenizer.eos_id, free[k]}
+    assert (stopping.eos_id, stopping.fingerprint) == (tokenizer.eos_id, tokenizer.fingerprint)
+    expected = tokenizer.decode(free[:k], skip_special_tokens=True)
+    assert expected != tokenizer.decode(free, skip_special_tokens=True)
+    generate = _load("generate/base.py")
+    assert generate.main(folder, prompt=prompt, prompt_style="raw", top_k=1, max_new_tokens=12,
+                         precision="32-true") == [expected]
+    assert "".join(stream_text(iter(free), stopping)) == expected
+    for lockstep in (False, True):
+        assert sample(model, stopping, ids, "cpu", max_new_tokens=12, lockstep=lockstep) == expected
+
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, "<|eot_id|>"]}))
+    with pytest.raises(UserError, match="generation_config.json: eos_token_id .* list of token ids"):
+        Tokenizer(folder)
 
 
 def test_misspelt_flag_names_the_flag_meant(tiny: Path) -> None:

@@ -65,13 +65,15 @@ def test_cached_step_logits_equal_full_forward(layout: str) -> None:
     torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, rtol=1e-5, atol=1e-5)
 
 
-def test_generation_stops_at_eos() -> None:
+def test_generation_stops_at_the_first_stop_token() -> None:
     model = _model(TINY_LAYOUTS["llama_gqa"])
     prompt = torch.tensor([3, 17, 42])
-    free = generate(model, prompt, max_new_tokens=10, top_k=1)
-    eos = int(free[5])  # the third generated token
-    stopped = generate(model, prompt, max_new_tokens=10, top_k=1, eos_id=eos)
-    assert stopped.tolist() == free[: 6].tolist()
+    free = generate(model, prompt, max_new_tokens=10, top_k=1).tolist()
+    stop_ids = {free[7], free[5]}  # the fifth and third generated tokens
+    first = next(i for i in range(3, len(free)) if free[i] in stop_ids)
+    assert first <= 5
+    stopped = generate(model, prompt, max_new_tokens=10, top_k=1, stop_ids=stop_ids)
+    assert stopped.tolist() == free[: first + 1]
 
 
 def test_generation_refuses_to_exceed_context() -> None:

@@ -157,12 +157,13 @@ def test_chat_style_needs_a_template(tmp_path: Path) -> None:
         load_prompt_style("chat", Tokenizer(tiny_bpe_checkpoint(tmp_path)))
 
 
-def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path: Path) -> None:
-    # renders only the last message: not a prefix-stable template
+def test_a_template_whose_answer_does_not_extend_its_prompt_is_refused(tmp_path: Path) -> None:
+    # renders only the last message: the answer's turn does not start with the prompt given for it
     template = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
     style = load_prompt_style("chat", Tokenizer(tiny_bpe_checkpoint(tmp_path, bos=False, chat_template=template)))
-    with pytest.raises(UserError, match="renders earlier turns differently"):
-        style.segments([TURN])
+    for last_turn_only in (False, True):
+        with pytest.raises(UserError, match="renders an answer's own turn differently"):
+            style.segments([TURN], last_turn_only)
 
 
 # -- fitting into max_seq_length ---------------------------------------------------------------------------------

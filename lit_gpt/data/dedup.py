@@ -93,7 +93,7 @@ class ContentReader:
         pieces: set[str] = set()
         for turns in ([Turn(next(slots), next(slots), next(slots)), Turn(next(slots), next(slots))],
                       [Turn(next(slots), next(slots)), Turn(next(slots), next(slots))]):  # with and without input
-            segments = style.segments(turns)
+            segments = style.segments(turns, last_turn_only=True)  # the template's pieces; any template renders it
             sample = encoder.build(segments, encoder.encode([segments])[0], style.bos)
             pieces.update(re.split(r"zzslot\d+zz", tokenizer.decode(sample.input_ids, skip_special_tokens=True)))
         # longest first, so a piece is cut whole before a shorter one inside it; whitespace-only pieces are left:

@@ -29,7 +29,7 @@ from lit_gpt.data.layout import (
 )
 from lit_gpt.data.report import Tally, format_report, plot_lengths, stats
 from lit_gpt.data.tokenize import IGNORE_INDEX, Sample, SegmentEncoder, truncate
-from lit_gpt.prompts import load_prompt_style
+from lit_gpt.prompts import PromptStyle, Segment, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError, resolve_checkpoint_dir
 
@@ -112,7 +112,7 @@ def prepare(
     kept = {split: Split() for split in SPLITS}
     with tqdm(total=len(usable), unit=" examples", desc=f"Tokenizing {data_file.name}", file=sys.stderr) as progress:
         for chunk in _batched(usable, CHUNK):
-            all_segments = [style.segments(example.turns) for example, _, _ in chunk]
+            all_segments = [_segments(style, example, last_turn_only, data_file) for example, _, _ in chunk]
             for (example, text_hash, split), segments, ids in zip(chunk, all_segments, encoder.encode(all_segments)):
                 sample = encoder.build(segments, ids, style.bos, mask_inputs, last_turn_only)
                 tally.prompt_lengths.append(sample.prompt_tokens)
@@ -197,6 +197,13 @@ def _read(source: Source, data_file: Path, tally: Tally) -> list[Example]:
         else:
             examples.append(item)
     return examples
+
+
+def _segments(style: PromptStyle, example: Example, last_turn_only: bool, data_file: Path) -> list[Segment]:
+    try:
+        return style.segments(example.turns, last_turn_only)
+    except UserError as e:  # the template's refusal, said at the first row it applies to
+        raise UserError(f"{where(data_file, example.row, example.line)}: {e}") from None
 
 
 def _fit(sample: Sample, max_seq_length: int, overlength: str, eos_id: int, tally: Tally, where: str) -> Sample | None:

@@ -155,7 +155,7 @@ class Judge:
 
     def rate(self, prompt: str, response: str) -> tuple[float | None, str]:
         """The rating (None if unparseable) and the reply text, primer included."""
-        from lit_gpt.generate import generate_tokens
+        from lit_gpt.generate import generate_tokens, until_stop
 
         message = JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip())
         text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
@@ -165,8 +165,8 @@ class Judge:
             return None, f"(not judged: {len(ids)} prompt tokens exceed the judge's context)"
         device = self.model.embed.weight.device
         new = list(generate_tokens(self.model, torch.tensor(ids, device=device), self.max_new_tokens,
-                                   temperature=0.0, eos_id=self.tokenizer.eos_id))
-        reply = JUDGE_PRIMER + self.tokenizer.decode(new, skip_special_tokens=True)
+                                   temperature=0.0, stop_ids=self.tokenizer.stop_ids))
+        reply = JUDGE_PRIMER + self.tokenizer.decode(until_stop(new, self.tokenizer.stop_ids), skip_special_tokens=True)
         return parse_judge_score(reply), reply
 
 

@@ -130,10 +130,10 @@ def answer_instructions(
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
         outputs = generate_batch(model, [prompts[i.id] for i in batch], max_new_tokens, temperature=temperature,
-                                 top_k=top_k, eos_id=tokenizer.eos_id, generator=rng)
+                                 top_k=top_k, stop_ids=tokenizer.stop_ids, generator=rng)
         records = []
         for instruction, new in zip(batch, outputs):
-            finished = bool(new) and new[-1] == tokenizer.eos_id
+            finished = bool(new) and new[-1] in tokenizer.stop_ids
             records.append({
                 "id": instruction.id, "row": instruction.row, "instruction": instruction.instruction,
                 "input": instruction.input, "output": tokenizer.decode(new, skip_special_tokens=True).strip(),

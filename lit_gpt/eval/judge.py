@@ -105,7 +105,7 @@ class PairwiseJudge:
             (None, f"(not judged: {len(x)} prompt tokens exceed the judge's context)") for x in ids]
         if fits:
             replies = generate_batch(self.model, [ids[i] for i in fits], self.max_new_tokens,
-                                     eos_id=self.tokenizer.eos_id)
+                                     stop_ids=self.tokenizer.stop_ids)
             for i, new in zip(fits, replies):
                 text = PRIMER + self.tokenizer.decode(new, skip_special_tokens=True)
                 out[i] = (parse_verdict(text), text)

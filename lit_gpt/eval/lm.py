@@ -183,7 +183,7 @@ class LitLM(TemplateLM):
             new: list[int] = []
             with self._autocast(), closing(generate_tokens(
                 self.model, torch.tensor(prompt, device=self.device), max_gen_toks, temperature=temperature,
-                top_k=top_k, eos_id=self.eot_token_id,
+                top_k=top_k, stop_ids=(self.eot_token_id,),
             )) as tokens:
                 for token in tokens:
                     new.append(token)
