@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -352,3 +353,13 @@ def child_peak_rss_mb(cmd: list[str], cwd: Path | None = None) -> float:
     if status != 0:
         raise UserError(f"{' '.join(map(str, cmd))} failed with status {status}")
     return usage.ru_maxrss / 1024
+
+
+def sha256_file(path: Path | str, digest: Any = None) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time (checkpoints and data files can be GBs); with `digest`,
+    the bytes go into that running hash instead (hashing several files as one), whose hex digest is returned."""
+    digest = digest or hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -18,7 +18,7 @@ from lit_gpt.data.dataset import TokenizedDataset
 from lit_gpt.data.layout import (
     INPUT_IDS_NAME, LABELS_NAME, META_NAME, OFFSETS_NAME, PROVENANCE_NAME, SPLITS, check_destination, replace_dir,
 )
-from lit_gpt.utils import UserError
+from lit_gpt.utils import UserError, sha256_file
 
 MANIFEST_NAME = "manifest.json"
 
@@ -51,9 +51,7 @@ def dataset_sha256(data_dir: Path) -> str:
         for name in (INPUT_IDS_NAME, LABELS_NAME, OFFSETS_NAME, PROVENANCE_NAME):
             path = Path(data_dir) / split / name
             digest.update(f"{split}/{name}".encode())
-            with path.open("rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
+            sha256_file(path, digest)
     return digest.hexdigest()
 
 

@@ -31,7 +31,7 @@ from lit_gpt.data.report import Tally, format_report, plot_lengths, stats
 from lit_gpt.data.tokenize import IGNORE_INDEX, Sample, SegmentEncoder, truncate
 from lit_gpt.prompts import PromptStyle, Segment, load_prompt_style
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import UserError, resolve_checkpoint_dir
+from lit_gpt.utils import UserError, resolve_checkpoint_dir, sha256_file
 
 CHUNK = 2048  # samples per tokenizer call: big enough for the batched Rust/C++ encoders, small enough for progress
 
@@ -158,7 +158,7 @@ def prepare(
         "incomplete_rows": incomplete_rows,
         "test_split_fraction": test_split_fraction,
         "seed": seed,
-        "source": {"name": source.name, "data_file": str(data_file), "sha256": _sha256_file(data_file), "hub": hub},
+        "source": {"name": source.name, "data_file": str(data_file), "sha256": sha256_file(data_file), "hub": hub},
         "samples": {split: tally.kept[split] for split in SPLITS},
     }
     with replace_dir(destination_path) as tmp:
@@ -295,14 +295,6 @@ def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
 def _write_json(path: Path, obj: Any) -> None:
     # plain writes: the whole folder is renamed into place at the end, which is what makes the output atomic
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _sha256_text(text: str | None) -> str | None:

@@ -17,7 +17,6 @@ Adapters are applied in memory (`LoRALinear` around the base weights, unmerged):
 from __future__ import annotations
 
 import glob
-import hashlib
 import importlib.metadata
 import json
 import platform
@@ -30,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from lit_gpt.lora import LORA_WEIGHTS_NAME, LoRALinear, load_lora_into, read_lora_metadata
-from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_text
+from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_write_text, sha256_file
 
 PROVENANCE_KEY = "lit_gpt"
 BASE_LABEL = "base"
@@ -158,14 +157,6 @@ def _one_line(error: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------ provenance
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)
@@ -186,7 +177,7 @@ def data_provenance(configs: dict[str, Any]) -> dict[str, Any]:
             for path in [paths] if isinstance(paths, str) else paths:
                 p = Path(path)
                 local[f"{split}:{path}" if split else str(path)] = (
-                    {"bytes": p.stat().st_size, "sha256": _sha256(p)} if p.is_file() else None)
+                    {"bytes": p.stat().st_size, "sha256": sha256_file(p)} if p.is_file() else None)
         out[task] = {"dataset_path": config.get("dataset_path"), "dataset_name": config.get("dataset_name"),
                      "revision": kwargs.get("revision"), "data_files": local or None}
     return out
@@ -199,7 +190,7 @@ def provenance(checkpoint_dir: Path, adapter: Path | None, tokenizer_fingerprint
     adapter_info = None
     if adapter is not None:
         metadata = read_lora_metadata(adapter)
-        adapter_info = {"path": str(adapter), "sha256": _sha256(adapter),
+        adapter_info = {"path": str(adapter), "sha256": sha256_file(adapter),
                         "lora_config": json.loads(metadata["lora_config"]),
                         "prompt_style": metadata.get("prompt_style")}
     return {
