@@ -1,7 +1,7 @@
 """Autoregressive sampling with the KV cache: one prefill pass over the prompt, then one token per step."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -10,12 +10,13 @@ from lit_gpt.model import GPT
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
            generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id from the last-position `logits` (vocab_size,). `temperature=0` or `top_k=1` is greedy."""
+    """One token id from the last-position `logits` (vocab_size,), or one per row of (B, vocab_size) as (B, 1).
+    `temperature=0` or `top_k=1` is greedy."""
     if temperature == 0 or top_k == 1:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k).values[-1]
+        kth = torch.topk(logits, top_k).values[..., -1:]
         logits = torch.where(logits < kth, float("-inf"), logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator)
@@ -76,3 +77,75 @@ def generate(model: GPT, prompt: torch.Tensor, max_new_tokens: int, **kwargs) ->
     """The prompt followed by the generated tokens, as one 1-D tensor."""
     new = list(generate_tokens(model, prompt, max_new_tokens, **kwargs))
     return torch.cat((prompt, torch.tensor(new, dtype=prompt.dtype, device=prompt.device)))
+
+
+@torch.inference_mode()
+def generate_batch(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """The new token ids after each of `prompts` (EOS included where it came), generated together with the KV cache.
+
+    Prompts are left-padded to the longest, so every row writes its next token into the same cache slot:
+
+        slot       0   1   2   3   4 | 5   6        row 0's positions: 0 1 2 3 4 5 6
+        row 0      a   a   a   a   a | n   n        row 1's positions: - - 0 1 2 3 4
+        row 1      .   .   b   b   b | n   n        (. = padding: no real token ever attends to it)
+
+    Each row's RoPE positions start at 0 where its prompt starts, so a row computes what it would alone: greedy
+    decoding gives the tokens of `generate_tokens` one prompt at a time (tested), up to float rounding in near-ties.
+    A row that reached EOS keeps being computed until all have (or `max_new_tokens`), its extra tokens discarded.
+    """
+    B, T = len(prompts), max(len(p) for p in prompts)
+    total = T + max_new_tokens
+    if total > model.config.block_size:
+        raise ValueError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context of "
+                         f"{model.config.block_size} tokens")
+    if total > model.max_seq_length:
+        model.max_seq_length = total
+    device = model.embed.weight.device
+    pad = torch.tensor([T - len(p) for p in prompts], device=device)  # (B,)
+    idx = torch.zeros((B, T), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        idx[row, T - len(prompt):] = torch.as_tensor(prompt, dtype=torch.long, device=device)
+    slots = torch.arange(total, device=device)
+    positions = (slots[None, :] - pad[:, None]).clamp(min=0)  # (B, total): a row's own positions, from its prompt
+    real = slots[None, :] >= pad[:, None]  # (B, total): key slots holding a real token of the row
+    out: list[list[int]] = [[] for _ in range(B)]
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    model.set_kv_cache(batch_size=B, max_seq_length=total)
+    try:
+        input_pos, step = torch.arange(T, device=device), idx
+        for _ in range(max_new_tokens):
+            # a padding query sees itself only: a row of all-masked keys would give NaN, which the cache would keep
+            mask = (slots[None, :] <= input_pos[:, None]) & (real[:, None, :] | (slots[None, :] == input_pos[:, None]))
+            if model.config.sliding_window is not None:
+                mask &= slots[None, :] > input_pos[:, None] - model.config.sliding_window
+            logits = _forward_last(model, step, input_pos, positions[:, input_pos], mask[:, None])  # (B, vocab)
+            next_tokens = sample(logits, temperature, top_k, generator)  # (B, 1)
+            for row in (~done).nonzero().flatten().tolist():
+                out[row].append(int(next_tokens[row]))
+            if eos_id is not None:
+                done |= next_tokens[:, 0] == eos_id
+                if bool(done.all()):
+                    break
+            step, input_pos = next_tokens, input_pos[-1:] + 1
+    finally:
+        model.clear_kv_cache()
+    return out
+
+
+def _forward_last(model: GPT, idx: torch.Tensor, input_pos: torch.Tensor, positions: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """`model(idx, input_pos)[:, -1]` with per-row RoPE `positions` (B, T) and attention `mask` (B, 1, T, cache
+    size): GPT.forward takes one position vector for the whole batch, which left-padded rows cannot share."""
+    cos, sin = model.cos[positions].unsqueeze(1), model.sin[positions].unsqueeze(1)  # (B, 1, T, rope_n_elem)
+    x = model.embed(idx)  # (B, T, n_embd)
+    for block in model.blocks:
+        x = block(x, cos, sin, mask, input_pos)
+    return model.lm_head(model.norm(x[:, -1]))  # (B, vocab_size)
