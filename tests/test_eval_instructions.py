@@ -132,10 +132,10 @@ def test_json_jsonl_and_csv_give_the_same_instructions(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, suffix, message", [
-    ([{"prompt": "Hi", "output": "Hello"}], ".json", "row 0: no 'instruction' field (fields present: 'prompt'"),
+    ([{"prompt": "Hi", "output": "Hello"}], ".json", "record 1: no 'instruction' field (fields present: 'prompt'"),
     ("prompt,output\nHi,Hello\n", ".csv", "the header has no 'instruction' column"),
-    ([{"instruction": " ", "output": "x"}], ".json", "row 0: empty 'instruction'"),
-    ([{"instruction": "Hi"}, {"instruction": "Hi"}], ".json", "row 1: the same instruction as row 0"),
+    ([{"instruction": " ", "output": "x"}], ".json", "record 1: empty 'instruction'"),
+    ([{"instruction": "Hi"}, {"instruction": "Hi"}], ".json", "record 2: the same instruction as record 1"),
 ])
 def test_bad_instruction_files_are_refused_in_one_line(workspace: dict, tmp_path: Path, capsys, content, suffix,
                                                        message) -> None:

@@ -152,7 +152,7 @@ def reference_losses(model: GPT, tokenizer: Tokenizer, style: PromptStyle, instr
     conversation are context), so this is the validation loss the model would have on these rows as training data.
     A sample longer than the model's context is cut as `prepare` cuts it (keeping the EOS) and counted.
     """
-    from lit_gpt.batching import packed_collate
+    from lit_gpt.collate import packed_collate
     from lit_gpt.data.scoring import response_losses
 
     encoder = SegmentEncoder(tokenizer)

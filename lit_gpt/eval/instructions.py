@@ -50,7 +50,7 @@ def read_instruction_file(path: Path, fields: Fields = FIELDS) -> list[Instructi
     """The instructions of `path`, in file order. Refuses (one line, naming file, row and field) a record without
     the instruction field, an empty instruction, and an instruction that occurs twice (answers pair up by text)."""
     out: list[Instruction] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, str] = {}
     for record in read_records(path, required_columns=(fields.instruction,)):
         if fields.instruction not in record.fields:
             present = ", ".join(map(repr, record.fields)) or "none"
@@ -64,9 +64,9 @@ def read_instruction_file(path: Path, fields: Fields = FIELDS) -> list[Instructi
         history = _history(record, fields.history)
         key = sha256_json([[t.instruction, t.input, t.response] for t in history] + [[instruction, input]])
         if key in seen:
-            raise UserError(f"{record.where()}: the same instruction as row {seen[key]}; answers are paired by "
+            raise UserError(f"{record.where()}: the same instruction as {seen[key]}; answers are paired by "
                             "instruction text, so remove the duplicate")
-        seen[key] = record.row
+        seen[key] = record.where().rsplit(", ", 1)[-1]  # "record 1", "line 2": as the user's tools number it
         out.append(Instruction(key, record.row, instruction, input, history, reference if reference.strip() else None))
     return out
 
