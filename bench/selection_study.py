@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -127,6 +127,7 @@ def main(
     eval_sets: list[str] = list(EVAL_SETS),
     eval_instructions: int | None = None,
     max_new_tokens: int | None = None,
+    eval_batch_size: int = 8,
     evaluate_base: bool = True,
     precision: str | None = None,
     train_tokens_per_s: float = 250.0,
@@ -158,6 +159,7 @@ def main(
         eval_sets: Which of val, lima, oasst to evaluate on.
         eval_instructions: Instructions kept per evaluation set (None: all).
         max_new_tokens: Longest answer.
+        eval_batch_size: Instructions answered, and pairs judged, together (raise it on a GPU: 64 or more).
         evaluate_base: Also evaluate the base model without an adapter (a reference row).
         precision: Precision of every command (default: each command's own).
         train_tokens_per_s: Real training tokens per second for the time estimate (~250: SmolLM2-135M LoRA, 2 CPU
@@ -178,10 +180,13 @@ def main(
     if sizes["batch_size"] % sizes["micro_batch_size"]:
         raise UserError(f"--batch_size {sizes['batch_size']} is not a multiple of --micro_batch_size "
                         f"{sizes['micro_batch_size']}")
-    files = {"alpaca": Path(alpaca_file).resolve(), "lima": Path(lima_file).resolve(), "oasst": Path(oasst_file).resolve()}
-    study = Study(checkpoint_dir=Path(checkpoint_dir), files=files, out_dir=Path(out_dir).resolve(), arms=chosen, eval_sets=list(eval_sets),
+    files = {name: Path(path).resolve() for name, path in
+             (("alpaca", alpaca_file), ("lima", lima_file), ("oasst", oasst_file))}
+    study = Study(checkpoint_dir=Path(checkpoint_dir), files=files, out_dir=Path(out_dir).resolve(), arms=chosen,
+                  eval_sets=list(eval_sets),
                   learning_rate=learning_rate, mix_weights=list(mix_weights), token_budget=token_budget,
-                  compute=compute, evaluate_base=evaluate_base, precision=precision, **sizes)
+                  compute=compute, eval_batch_size=eval_batch_size, evaluate_base=evaluate_base, precision=precision,
+                  **sizes)
     plan = study.plan()
     print(format_plan(plan, train_tokens_per_s), flush=True)
     if dry_run:
@@ -263,6 +268,7 @@ class Study:
     mix_weights: list[float]
     token_budget: int | None
     compute: str
+    eval_batch_size: int
     evaluate_base: bool
     precision: str | None
     k: int
@@ -453,7 +459,7 @@ class Study:
                                              "--destination_path", dest], [dest / "meta.json"])
             return dest
         drawn = arm.policy == "random"  # the only policy whose pick depends on the seed beyond ties
-        dest = data / f"{arm.source}-{arm.policy}-{self.k}" if not drawn else data / f"{arm.source}-random-{self.k}-s{seed}"
+        dest = data / (f"{arm.source}-random-{self.k}-s{seed}" if drawn else f"{arm.source}-{arm.policy}-{self.k}")
         ledger.run(f"data-{dest.name}", ["scripts/select_dataset.py", "--data_dir", source_dir, "--policy",
                                          arm.policy, "--k", self.k, "--seed", seed if drawn else 0,
                                          "--destination_path", dest], [dest / "meta.json"])
@@ -482,7 +488,7 @@ class Study:
                   prec: list) -> None:
         """Answers and reference losses per run and set, then each arm against its baseline of the same seed and
         compute mode (tokens runs against random's tokens run, and so on)."""
-        gen = ["--max_new_tokens", self.max_new_tokens, *prec]
+        gen = ["--max_new_tokens", self.max_new_tokens, "--batch_size", self.eval_batch_size, *prec]
         adapters = {Path(r["run"]).name: Path(r["run"]) / "lit_lora.safetensors" for r in runs}
         for set_name, file in eval_files.items():
             folder = self.out_dir / "eval" / set_name
@@ -509,7 +515,8 @@ class Study:
             dest = self.out_dir / "pairwise" / set_name / f"{a.name}--vs--{b.name}"
             ledger.run(f"pairwise-{set_name}-{dest.name}", ["eval/pairwise.py", "--answers_a", a, "--answers_b", b,
                                                             "--judge_checkpoint_dir", self.checkpoint_dir,
-                                                            "--out_dir", dest, *prec], [dest / "pairwise.json"])
+                                                            "--out_dir", dest, "--batch_size", self.eval_batch_size,
+                                                            *prec], [dest / "pairwise.json"])
             r["pairwise"][set_name] = str(dest / "pairwise.json")
 
 
@@ -697,7 +704,8 @@ def format_results(results: dict[str, Any]) -> str:
     lines = ["# Does selection help? The study", "",
              f"Base model `{settings['checkpoint_dir']}`; k = {settings['k']}; seeds {settings['seeds']}; batch "
              f"{settings['batch_size']}; common budget {results['budget_trainable_tokens']:,} trainable tokens per run "
-             f"(`compute = tokens`); `steps` rows: every arm {settings['budget_epochs']:g} x k / batch optimizer steps; "
+             f"(`compute = tokens`); `steps` rows: every arm {settings['budget_epochs']:g} x k / batch optimizer "
+             "steps; "
              "`epochs` rows: the arm's own epochs (compute differs on purpose).", "",
              "Ran on: " + "; ".join(f"{h} ({d})" for h, d in results["where"]), "", "## Decontamination", ""]
     for source, d in results["decontamination"].items():
@@ -725,7 +733,7 @@ def format_results(results: dict[str, Any]) -> str:
                          f"({per_seed}) | {cmp} | {verdict(measure, e, r['baseline']) if test else ''} |")
     lines += ["", "## The pairwise judge, run by run", "",
               "| arm | compute | seed | set | win rate | length-controlled | judged / instructions | unparseable / "
-              "verdicts | mean length arm / baseline (chars) | first shown preferred |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "verdicts | mean length arm / baseline (chars) | first shown preferred |", "|---" * 10 + "|"]
     for r in results["runs"]:
         for set_name in ("lima", "oasst"):
             j = r.get(f"{set_name}_judge")
@@ -797,8 +805,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def format_plan(plan: dict[str, Any], train_tokens_per_s: float) -> str:
     runs, distinct = plan["runs"], plan["distinct_runs"]
-    trainable = sum(r["trainable_tokens"] for r in runs)
-    real = sum(r["real_tokens"] for r in runs)
+    trainable = sum(r["trainable_tokens"] for r in distinct)
     src = plan["sources"]
     lines = [
         "Plan" + ("" if plan["exact"] else " (token counts estimated from the raw files: nothing prepared yet)") + ":",
@@ -815,9 +822,9 @@ def format_plan(plan: dict[str, Any], train_tokens_per_s: float) -> str:
                      f"{rs[0]['trainable_tokens']:>10,.0f} trainable, {rs[0]['real_tokens']:>10,.0f} real tokens")
     real_distinct = sum(r["real_tokens"] for r in distinct)
     lines += [
-        f"  finetune runs: {len(runs)} table rows, {len(distinct)} distinct (random is also the shuffle order, Alpaca "
-        f"alone and NEFTune off; equal-steps runs equal to the equal-token ones are shared); {trainable:,.0f} trainable / {real:,.0f} real tokens in the rows, ~{real_distinct:,.0f} real "
-        f"tokens to train",
+        f"  finetune runs: {len(distinct)} (random-k is also the shuffle order, Alpaca alone and NEFTune off; an "
+        f"equal-steps run equal to the equal-token one is run once): {trainable:,.0f} trainable / "
+        f"{real_distinct:,.0f} real tokens",
         f"  training time at {train_tokens_per_s:g} real tokens/s: ~{real_distinct / train_tokens_per_s / 3600:.1f} h",
         f"  scoring: {plan['scoring']} examples (+ {plan['judge_scoring']} judge generations)",
         f"  answers to generate (up to {plan['max_new_tokens']} tokens): {plan['answers']}; reference losses: "

@@ -26,7 +26,8 @@ def test_arms_cover_the_issue_and_bring_their_baselines():
 def _study(**overrides) -> "study.Study":
     return study.Study(**dict(checkpoint_dir=Path("x"), files={}, out_dir=Path("x"), arms=[], eval_sets=[],
                               learning_rate=1e-3, mix_weights=[1, 1], token_budget=None, compute="both",
-                              evaluate_base=False, precision=None, k=100, pool=None, seeds=[1], budget_epochs=3,
+                              eval_batch_size=8, evaluate_base=False, precision=None, k=100, pool=None, seeds=[1],
+                              budget_epochs=3,
                               batch_size=10, micro_batch_size=5, eval_instructions=None, max_new_tokens=8) | overrides)
 
 
@@ -71,7 +72,8 @@ def _raw_files(root: Path) -> dict[str, Path]:
                                      {"message_id": f"b{i}", "role": "assistant", "rank": 0,
                                       "text": f"Paris is the capital of France, {i}."}]}} for i in range(5)]
     (root / "oasst.jsonl").write_text("\n".join(json.dumps(t) for t in trees) + "\n")
-    return {"alpaca_file": root / "ws" / "alpaca.json", "lima_file": root / "lima.json", "oasst_file": root / "oasst.jsonl"}
+    return {"alpaca_file": root / "ws" / "alpaca.json", "lima_file": root / "lima.json",
+            "oasst_file": root / "oasst.jsonl"}
 
 
 def test_oasst_set_is_each_first_prompt_with_its_top_ranked_answer(tmp_path):
@@ -91,7 +93,7 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
                  **_raw_files(tmp_path))
     study.main(**flags, dry_run=True)
     assert not out.exists()  # the plan only
-    assert "finetune runs: 4 table rows, 4 distinct" in capsys.readouterr().out
+    assert "finetune runs: 4 (random-k is also" in capsys.readouterr().out
 
     results = study.main(**flags)
     ledger = json.loads((out / "ledger.json").read_text())["steps"]
