@@ -22,7 +22,7 @@ Every step is one of the toolkit's own commands, run as a subprocess as a user w
 Resumable arm by arm and seed by seed: each finished command is recorded in OUT_DIR/ledger.json (command, host,
 device, start and end, outputs) and not run again; a killed command is run again and resumes by itself (finetune
 --resume auto, answer/pairwise/score append per batch, the data tools replace their folder whole).
-Results: OUT_DIR/results.json, results.md (tables, verdicts, confounds) and results.png.
+Results: RESULTS_DIR/results.json, results.md (tables, verdicts, confounds), results.png and ledger.json.
 """
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def main(
     alpaca_file: Path = SHARED / "alpaca" / "alpaca_5000.json",
     lima_file: Path = SHARED / "lima" / "lima.json",
     oasst_file: Path = SHARED / "oasst" / "en_100_tree.jsonl",
-    out_dir: Path = Path("bench/results/selection_study"),
+    out_dir: Path = Path("out/selection_study"),
+    results_dir: Path = Path("bench/results/selection_study"),
     scale: Literal["full", "smoke"] = "full",
     arms: list[str] | None = None,
     seeds: list[int] | None = None,
@@ -140,7 +141,9 @@ def main(
         alpaca_file: Alpaca records (the pool's source; its test split is the validation set).
         lima_file: LIMA in LLaMA-Factory's layout (the LIMA arms; its test split is the `lima` evaluation set).
         oasst_file: OpenAssistant trees (the `oasst` evaluation set: first prompts, top-ranked answers).
-        out_dir: Data, runs, evaluations, ledger.json and the results.
+        out_dir: The work: data, runs, evaluations, logs and ledger.json (gigabytes at full scale; out/ is ignored
+            by git).
+        results_dir: results.json, results.md, results.png and a copy of ledger.json (small; committed).
         scale: Preset sizes: full (issue 16's) or smoke (the test's); the flags below override it.
         arms: Arms to run (default all): full random longest ifd loss_band judge diverse dedup, mix_* of each,
             lima, order_length, order_ifd, lima_epochs1/3/5, neftune. Each arm's baseline is added.
@@ -182,7 +185,8 @@ def main(
                         f"{sizes['micro_batch_size']}")
     files = {name: Path(path).resolve() for name, path in
              (("alpaca", alpaca_file), ("lima", lima_file), ("oasst", oasst_file))}
-    study = Study(checkpoint_dir=Path(checkpoint_dir), files=files, out_dir=Path(out_dir).resolve(), arms=chosen,
+    study = Study(checkpoint_dir=Path(checkpoint_dir), files=files, out_dir=Path(out_dir).resolve(),
+                  results_dir=Path(results_dir).resolve(), arms=chosen,
                   eval_sets=list(eval_sets),
                   learning_rate=learning_rate, mix_weights=list(mix_weights), token_budget=token_budget,
                   compute=compute, eval_batch_size=eval_batch_size, evaluate_base=evaluate_base, precision=precision,
@@ -262,6 +266,7 @@ class Study:
     checkpoint_dir: Path
     files: dict[str, Path]
     out_dir: Path
+    results_dir: Path
     arms: list[Arm]
     eval_sets: list[str]
     learning_rate: float
@@ -421,10 +426,14 @@ class Study:
             "arms": [asdict(a) for a in self.arms], "budget_trainable_tokens": budget}
         results["settings"] = json.loads(json.dumps(results["settings"], default=str))
         results["where"] = sorted({(e["host"], e["device"]) for e in ledger.entries.values()})
-        atomic_write_json(self.out_dir / "results.json", results)
-        atomic_write_text(self.out_dir / "results.md", format_results(results))
-        plot(results, self.out_dir / "results.png")
-        print((self.out_dir / "results.md").read_text())
+        results["data_tool_seconds"] = {step: e["seconds"] for step, e in ledger.entries.items()
+                                        if step.split("-")[0] in ("prepare", "decontaminate", "pool", "mix", "score")}
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.results_dir / "results.json", results)
+        atomic_write_json(self.results_dir / "ledger.json", {"steps": ledger.entries})  # what ran where, kept
+        atomic_write_text(self.results_dir / "results.md", format_results(results))
+        plot(results, self.results_dir / "results.png")
+        print((self.results_dir / "results.md").read_text())
         return results
 
     def _write_eval_sets(self, data: Path) -> dict[str, Path]:
@@ -747,6 +756,10 @@ def format_results(results: dict[str, Any]) -> str:
         said = [f"{m}: {verdict(m, e, r['baseline'])}" for m, e in r["measures"].items() if e.get("vs_baseline")]
         if said:
             lines.append(f"- **{r['arm']}** ({r['compute']}): " + "; ".join(said))
+    lines += ["", "## The data tools at this scale", "",
+              "Seconds per command, from ledger.json (score-*: IFD, losses and embeddings of every example, plus one "
+              "judge generation each where a judge arm runs; the pool's size is in the plan):", ""]
+    lines += [f"- {step}: {seconds:,.0f} s" for step, seconds in results["data_tool_seconds"].items()]
     lines += ["", "## Confounds", "", *CONFOUNDS]
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,8 @@ def test_arms_cover_the_issue_and_bring_their_baselines():
 
 
 def _study(**overrides) -> "study.Study":
-    return study.Study(**dict(checkpoint_dir=Path("x"), files={}, out_dir=Path("x"), arms=[], eval_sets=[],
+    return study.Study(**dict(checkpoint_dir=Path("x"), files={}, out_dir=Path("x"), results_dir=Path("x"), arms=[],
+                              eval_sets=[],
                               learning_rate=1e-3, mix_weights=[1, 1], token_budget=None, compute="both",
                               eval_batch_size=8, evaluate_base=False, precision=None, k=100, pool=None, seeds=[1],
                               budget_epochs=3,
@@ -88,7 +89,8 @@ def test_oasst_set_is_each_first_prompt_with_its_top_ranked_answer(tmp_path):
 def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     ws = finetune_workspace(tmp_path / "ws")
     out = tmp_path / "study"
-    flags = dict(checkpoint_dir=ws["checkpoint"], out_dir=out, scale="smoke", arms=["random", "longest"],
+    flags = dict(checkpoint_dir=ws["checkpoint"], out_dir=out, results_dir=out / "results", scale="smoke",
+                 arms=["random", "longest"],
                  eval_sets=["val", "lima"], evaluate_base=False, compute="tokens", seeds=[1, 2],
                  **_raw_files(tmp_path))
     study.main(**flags, dry_run=True)
@@ -132,9 +134,10 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     assert len(val_loss["values"]) == 2 and val_loss["vs_baseline"]["n"] == 2
     random_val = rows[("random", "tokens")]["measures"]["val_loss"]["values"]
     assert val_loss["vs_baseline"]["mean_diff"] == pytest.approx(np.mean(np.subtract(val_loss["values"], random_val)))
-    md = (out / "results.md").read_text()
+    md = (out / "results" / "results.md").read_text()
     assert "## Confounds" in md and "**longest** (tokens)" in md
-    assert (out / "results.png").stat().st_size > 0
+    assert (out / "results" / "results.png").stat().st_size > 0
+    assert json.loads((out / "results" / "ledger.json").read_text())["steps"] == ledger
 
     # a run killed before it was recorded: its ledger entry and folder gone, the rerun makes it again, same numbers
     last = list(ledger)[-1]
