@@ -18,7 +18,7 @@ lm_eval is an optional dependency (`pip install -e ".[eval]"`): import this modu
 """
 from __future__ import annotations
 
-from contextlib import closing, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from tqdm import tqdm
 
 from lit_gpt.collate import packed_collate
-from lit_gpt.generate import generate_tokens
+from lit_gpt.generate import generate_batch
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import UserError
@@ -156,13 +156,15 @@ class LitLM(TemplateLM):
 
         As the hf backend: EOS's text joins the stop sequences; the context gets the tokenizer's special tokens
         unless it starts with the BOS text, and is cut from the left to leave `max_gen_toks` of room; the text is
-        decoded without special tokens.
+        decoded without special tokens. Requests with the same settings run `batch_size` at a time, longest prompt
+        first (`generate_batch`: each row computes what it would alone); a row that met a stop sequence is cut there
+        after the batch, as the text up to the stop is the same.
         """
         eos_text = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
         bos_id = self.tokenizer.bos_id
         bos_text = None if bos_id is None else self.tok_decode([bos_id], skip_special_tokens=False)
-        texts = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="Running generate_until requests"):
+        jobs: dict[tuple, list[tuple[int, list[int], list[str]]]] = {}  # settings -> (request index, prompt, until)
+        for index, request in enumerate(requests):
             context, gen_kwargs = request.args
             settings = dict(normalize_gen_kwargs(gen_kwargs, self.max_gen_toks))
             until = handle_stop_sequences(settings.pop("until", None), eos=eos_text)
@@ -180,18 +182,22 @@ class LitLM(TemplateLM):
                                 f"in the context of {self.max_length} tokens")
             add_special_tokens = not (bos_text and context.startswith(bos_text))
             prompt = self.tok_encode(context, add_special_tokens=add_special_tokens)[-room:]
-            new: list[int] = []
-            with self._autocast(), closing(generate_tokens(
-                self.model, torch.tensor(prompt, device=self.device), max_gen_toks, temperature=temperature,
-                top_k=top_k, stop_ids=(self.eot_token_id,),
-            )) as tokens:
-                for token in tokens:
-                    new.append(token)
-                    if any(stop in self.tok_decode(new, skip_special_tokens=False) for stop in until if stop):
-                        break
-            text = postprocess_generated_text(self.tok_decode(new), stop=until, think_end_token=None)
-            self.cache_hook.add_partial("generate_until", request.args, text)
-            texts.append(text)
+            jobs.setdefault((max_gen_toks, temperature, top_k), []).append((index, prompt, until))
+
+        texts: list[str] = [""] * len(requests)
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="Running generate_until requests")
+        for (max_gen_toks, temperature, top_k), group in jobs.items():
+            group.sort(key=lambda job: -len(job[1]))
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                with self._autocast():
+                    outputs = generate_batch(self.model, [prompt for _, prompt, _ in batch], max_gen_toks,
+                                             temperature=temperature, top_k=top_k, stop_ids=(self.eot_token_id,))
+                for (index, _, until), new in zip(batch, outputs):
+                    texts[index] = postprocess_generated_text(self.tok_decode(new), stop=until, think_end_token=None)
+                    self.cache_hook.add_partial("generate_until", requests[index].args, texts[index])
+                progress.update(len(batch))
+        progress.close()
         return texts
 
     # -- `--apply_chat_template`: prompts rendered with the checkpoint's chat template --------------------------
