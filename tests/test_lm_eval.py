@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "lm_eval"
 TASKS = ["lit_tiny_mc", "lit_tiny_gen", "lit_tiny_rolling"]
 MAX_LENGTH = 40  # short: few-shot prompts are cut from the left, texts span several rolling windows
-SMOLLM2 = ROOT / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(autouse=True)
@@ -303,16 +302,15 @@ def test_hub_dataset_offline_ends_in_one_line(checkpoint_dir: Path, tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not (SMOLLM2 / "lit_model.safetensors").is_file(), reason="needs the converted SmolLM2 checkpoint")
-def test_smollm2_same_numbers_as_the_hf_backend(tmp_path: Path, task_manager) -> None:
+def test_smollm2_same_numbers_as_the_hf_backend(smollm2: Path, tmp_path: Path, task_manager) -> None:
     """The real model (Llama architecture, tied embeddings, a BPE tokenizer without BOS) on the local tasks."""
-    hf_dir = convert_lit_checkpoint(SMOLLM2, tmp_path / "hf")
+    hf_dir = convert_lit_checkpoint(smollm2, tmp_path / "hf")
     tasks = ["lit_tiny_mc", "lit_tiny_gen"]
-    ours = _ours(SMOLLM2, tasks, task_manager, max_length=2048, limit=4)
+    ours = _ours(smollm2, tasks, task_manager, max_length=2048, limit=4)
     theirs = _hf(hf_dir, tasks, task_manager, max_length=2048, limit=4)
     _assert_same(ours, theirs)
     # its chat template (--apply_chat_template): the few-shot example becomes an earlier turn
-    ours = _ours(SMOLLM2, tasks, task_manager, max_length=2048, limit=2, apply_chat_template=True)
+    ours = _ours(smollm2, tasks, task_manager, max_length=2048, limit=2, apply_chat_template=True)
     theirs = _hf(hf_dir, tasks, task_manager, max_length=2048, limit=2, apply_chat_template=True)
     _assert_same(ours, theirs)
     assert ours["samples"]["lit_tiny_mc"][0]["arguments"][0][0].startswith("<|im_start|>")

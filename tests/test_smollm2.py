@@ -23,20 +23,6 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The Hugging Face folder `scripts/download.py` would give, made offline from the GGUF copy, then converted."""
-    pytest.importorskip("gguf")
-    pytest.importorskip("accelerate")
-    folder = tmp_path_factory.mktemp("smollm2") / "checkpoints" / "HuggingFaceTB" / "SmolLM2-135M-Instruct"
-    made = run_script(str(TOOL), str(folder), "--dtype", "float32")
-    assert made.returncode == 0, made.stderr
-    converted = run_script("scripts/convert_hf_checkpoint.py", "--checkpoint_dir", str(folder))
-    assert converted.returncode == 0, converted.stderr
-    assert "lit_model.safetensors" in converted.stdout
-    return folder
-
-
 def test_generate_answers_paris(smollm2: Path) -> None:
     result = run_script("generate/base.py", "--checkpoint_dir", str(smollm2), "--prompt",
                         "What is the capital of France?", "--prompt_style", "chat", "--top_k", "1", "--max_new_tokens", "20")
