@@ -21,8 +21,8 @@ from lit_gpt.eval.answers import (ANSWERS_NAME, REFERENCE_LOSS_NAME, SETTINGS_NA
                                   generator_name, load_for_eval, model_identity, prompts_that_fit, reference_losses,
                                   settings_for)
 from lit_gpt.eval.instructions import JsonlStore, read_instruction_file
-from lit_gpt.utils import (UserError, atomic_write_json, cli, default_precision, precision_dtype, read_json,
-                           require_dir, resolve_checkpoint_dir)
+from lit_gpt.utils import (DOWNLOAD_HINT, UserError, atomic_write_json, cli, default_precision, precision_dtype,
+                           read_json, require_dir, resolve_checkpoint_dir)
 
 SUMMARY_NAME = "summary.json"  # with several adapters: each one's result, by generator name
 
@@ -73,8 +73,7 @@ def main(
     """
     import lightning as L
 
-    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder",
-                                 "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME")
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "checkpoint folder", DOWNLOAD_HINT)
     instructions = read_instruction_file(data_file, Fields(instruction_field, output_field or "", input_field,
                                                            history_field))
     adapters = lora_path or [None]

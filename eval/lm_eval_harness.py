@@ -57,8 +57,10 @@ def main(
     from lit_gpt.eval.harness import evaluate
 
     names = [name.strip() for name in tasks.split(",") if name.strip()]
-    return evaluate(checkpoint_dir, names, out_dir, lora_path, num_fewshot, batch_size, limit, precision,
-                    include_path, max_length, bootstrap_iters, log_samples, apply_chat_template)
+    return evaluate(checkpoint_dir, names, out_dir, lora_paths=lora_path, num_fewshot=num_fewshot,
+                    batch_size=batch_size, limit=limit, precision=precision, include_path=include_path,
+                    max_length=max_length, bootstrap_iters=bootstrap_iters, log_samples=log_samples,
+                    apply_chat_template=apply_chat_template)
 
 
 if __name__ == "__main__":

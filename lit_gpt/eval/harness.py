@@ -264,10 +264,9 @@ def evaluate(
     from lit_gpt.checkpoint import load_model
     from lit_gpt.eval.lm import LitLM
     from lit_gpt.tokenizer import Tokenizer
-    from lit_gpt.utils import default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
+    from lit_gpt.utils import DOWNLOAD_HINT, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
-    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir",
-                                 "Download and convert a model first: python scripts/download.py --repo_id ORG/NAME")
+    checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir", DOWNLOAD_HINT)
     if not tasks:
         raise UserError("--tasks is empty; name lm-eval tasks, e.g. --tasks hellaswag,arc_easy")
     if include_path is not None and not Path(include_path).exists():
