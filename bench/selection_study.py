@@ -94,7 +94,7 @@ ARMS: list[Arm] = [
 # `random` is the shuffle order, Alpaca alone and NEFTune off as well; `mix_random` is the mix by weight.
 ARM_NAMES = [a.name for a in ARMS]
 SCORED = {"ifd", "loss_band", "judge", "diverse"}
-EVAL_SETS = ("val", "lima", "oasst")  # val: reference loss only; the others are answered and judged too
+EVAL_SETS = ("val", "lima", "oasst")  # reference loss on each; val is never answered (see --answer_sets)
 
 SCALES: dict[str, dict[str, Any]] = {
     # Issue 16's sizes: k = 1000 from the 5k Alpaca pool, 3 seeds, LIMA-like 3 epochs of k as the token budget.
@@ -127,6 +127,8 @@ def main(
     mix_weights: list[float] = [0.5, 0.5],
     eval_sets: list[str] = list(EVAL_SETS),
     eval_instructions: int | None = None,
+    answer_sets: list[str] = ["lima", "oasst"],
+    answer_instructions: int | None = None,
     max_new_tokens: int | None = None,
     eval_batch_size: int = 8,
     evaluate_base: bool = True,
@@ -161,6 +163,9 @@ def main(
         mix_weights: LIMA and Alpaca shares of the mix, in examples.
         eval_sets: Which of val, lima, oasst to evaluate on.
         eval_instructions: Instructions kept per evaluation set (None: all).
+        answer_sets: Which of lima, oasst are also answered (greedy) and judged pairwise against the baseline.
+        answer_instructions: Instructions answered and judged per answer set, the first of the set (None: all);
+            the reference losses use every instruction. Generation and judging cost most of the evaluation on a CPU.
         max_new_tokens: Longest answer.
         eval_batch_size: Instructions answered, and pairs judged, together (raise it on a GPU: 64 or more).
         evaluate_base: Also evaluate the base model without an adapter (a reference row).
@@ -178,6 +183,10 @@ def main(
     unknown = sorted(set(eval_sets) - set(EVAL_SETS))
     if unknown:
         raise UserError(f"--eval_sets {unknown[0]}: choose from {', '.join(EVAL_SETS)}")
+    unanswerable = sorted(set(answer_sets) - set(eval_sets) - {"val"}) or sorted(set(answer_sets) & {"val"})
+    if unanswerable:
+        raise UserError(f"--answer_sets {unanswerable[0]}: answer sets are among --eval_sets, and val (Alpaca's own "
+                        "test split) is not answered; choose from lima, oasst")
     if len(mix_weights) != 2:
         raise UserError(f"--mix_weights {mix_weights}: pass two shares, LIMA's and Alpaca's (e.g. 0.5 0.5)")
     if sizes["batch_size"] % sizes["micro_batch_size"]:
@@ -187,7 +196,7 @@ def main(
              (("alpaca", alpaca_file), ("lima", lima_file), ("oasst", oasst_file))}
     study = Study(checkpoint_dir=Path(checkpoint_dir), files=files, out_dir=Path(out_dir).resolve(),
                   results_dir=Path(results_dir).resolve(), arms=chosen,
-                  eval_sets=list(eval_sets),
+                  eval_sets=list(eval_sets), answer_sets=list(answer_sets), answer_instructions=answer_instructions,
                   learning_rate=learning_rate, mix_weights=list(mix_weights), token_budget=token_budget,
                   compute=compute, eval_batch_size=eval_batch_size, evaluate_base=evaluate_base, precision=precision,
                   **sizes)
@@ -269,6 +278,8 @@ class Study:
     results_dir: Path
     arms: list[Arm]
     eval_sets: list[str]
+    answer_sets: list[str]
+    answer_instructions: int | None
     learning_rate: float
     mix_weights: list[float]
     token_budget: int | None
@@ -313,7 +324,7 @@ class Study:
                                   arm.neftune_alpha, seed),
                           "trainable_tokens": steps * self.batch_size * mean["trainable"],
                           "real_tokens": steps * self.batch_size * mean["real"]} for seed in self.seeds]
-        generated = [s for s in self.eval_sets if s != "val"]
+        generated = self.answer_sets
         instructions = {s: self._eval_size(s, stats) for s in self.eval_sets}
         distinct = {r["key"]: r for r in runs}
         answered = len(distinct) + self.evaluate_base
@@ -323,9 +334,9 @@ class Study:
             "sources": stats, "pool": pool_n, "mix": mix_n, "runs": runs, "distinct_runs": list(distinct.values()),
             "scoring": {s: (pool_n if s == "alpaca" else mix_n) for s in sorted(scored)},
             "judge_scoring": sum(pool_n if a.source == "alpaca" else mix_n for a in self.arms if a.policy == "judge"),
-            "answers": {s: answered * instructions[s] for s in generated},
+            "answers": {s: answered * self._answered(instructions[s]) for s in generated},
             "reference_losses": {s: answered * instructions[s] for s in self.eval_sets},
-            "judge_calls": {s: 2 * judged * instructions[s] for s in generated},
+            "judge_calls": {s: 2 * judged * self._answered(instructions[s]) for s in generated},
             "max_new_tokens": self.max_new_tokens,
         }
 
@@ -367,6 +378,9 @@ class Study:
         n = {"val": stats["alpaca"]["test"], "lima": stats["lima"]["test"], "oasst": 100}[name]
         return n if self.eval_instructions is None else min(n, self.eval_instructions)
 
+    def _answered(self, n: int) -> int:
+        return n if self.answer_instructions is None else min(n, self.answer_instructions)
+
     # ------------------------------------------------------------------------------------ running it
     def run(self) -> dict[str, Any]:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,7 +395,7 @@ class Study:
             ledger.run(f"prepare-{name}", [prepare[name], *ckpt, "--data_file", self.files[name],
                                            "--destination_path", data / name], [data / name / "meta.json"])
 
-        eval_files = self._write_eval_sets(data)
+        eval_files, answer_files = self._write_eval_sets(data)
         decontamination = {}
         for name in ["alpaca"] + (["lima"] if sources & {"lima", "mix"} else []):
             clean = data / f"{name}-clean"
@@ -419,7 +433,7 @@ class Study:
                     if mode == "steps" and planned.get("tokens") == steps:
                         continue  # the equal-steps run is the equal-token run: shown once, as tokens
                     runs.append(self._train(arm, mode, seed, steps, arm_data, ledger, ckpt, prec))
-        self._evaluate(runs, eval_files, ledger, ckpt, prec)
+        self._evaluate(runs, eval_files, answer_files, ledger, ckpt, prec)
         results = collect(runs, self.out_dir, self.eval_sets, budget)
         results["decontamination"] = decontamination
         results["settings"] = {key: value for key, value in asdict(self).items() if key != "arms"} | {
@@ -436,14 +450,15 @@ class Study:
         print((self.results_dir / "results.md").read_text())
         return results
 
-    def _write_eval_sets(self, data: Path) -> dict[str, Path]:
+    def _write_eval_sets(self, data: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         """The evaluation instruction files (instruction, input, output, history), from the splits no arm trains
-        on. Rewritten each run from the same inputs, so they are byte-identical."""
+        on, and the answer sets' first --answer_instructions of them. Rewritten each run from the same inputs, so
+        they are byte-identical."""
         from lit_gpt.data import ALPACA, LIMA, read_oasst
 
         folder = self.out_dir / "eval_sets"
         folder.mkdir(parents=True, exist_ok=True)
-        files = {}
+        files, answer_files = {}, {}
         for name in self.eval_sets:
             if name == "oasst":
                 examples = [e for e in read_oasst(self.files["oasst"]) if hasattr(e, "turns")]
@@ -455,8 +470,12 @@ class Study:
                 provenance = (data / source / "test" / "provenance.jsonl").read_text().splitlines()
                 records = [_record(by_row[json.loads(line)["row"]]) for line in provenance]
             files[name] = folder / f"{name}.json"
-            atomic_write_json(files[name], records[:self.eval_instructions])
-        return files
+            records = records[:self.eval_instructions]
+            atomic_write_json(files[name], records)
+            if name in self.answer_sets:
+                answer_files[name] = folder / f"{name}-answers.json"
+                atomic_write_json(answer_files[name], records[:self.answer_instructions])
+        return files, answer_files
 
     def _arm_data(self, arm: Arm, seed: int, source_dir: Path, ledger: Ledger) -> Path:
         if arm.policy == "full":
@@ -493,40 +512,48 @@ class Study:
                 "steps": steps, "data": str(arm_data), "examples": len(_token_counts(arm_data, "train")[0]),
                 "run": str(run_dir)}
 
-    def _evaluate(self, runs: list[dict[str, Any]], eval_files: dict[str, Path], ledger: Ledger, ckpt: list,
-                  prec: list) -> None:
-        """Answers and reference losses per run and set, then each arm against its baseline of the same seed and
-        compute mode (tokens runs against random's tokens run, and so on)."""
-        gen = ["--max_new_tokens", self.max_new_tokens, "--batch_size", self.eval_batch_size, *prec]
+    def _evaluate(self, runs: list[dict[str, Any]], eval_files: dict[str, Path], answer_files: dict[str, Path],
+                  ledger: Ledger, ckpt: list, prec: list) -> None:
+        """Reference losses per run and set (eval/SET/RUN), answers per run and answer set (answers/SET/RUN), then
+        each arm's answers against its baseline's of the same seed and compute mode (tokens runs against random's
+        tokens run, and so on)."""
         adapters = {Path(r["run"]).name: Path(r["run"]) / "lit_lora.safetensors" for r in runs}
-        for set_name, file in eval_files.items():
-            folder = self.out_dir / "eval" / set_name
-            flags = ["eval/answer.py", *ckpt, "--data_file", file, "--generate", set_name != "val", *gen]
+        passes = [("eval", set_name, file, ["--generate", False], REFERENCE_LOSS)
+                  for set_name, file in eval_files.items()]
+        passes += [("answers", set_name, file, ["--generate", True, "--reference_loss", False,
+                                                "--max_new_tokens", self.max_new_tokens], ANSWERS)
+                   for set_name, file in answer_files.items()]
+        for kind, set_name, file, what, done_file in passes:
+            folder = self.out_dir / kind / set_name
+            flags = ["eval/answer.py", *ckpt, "--data_file", file, *what, "--batch_size", self.eval_batch_size, *prec]
             if self.evaluate_base:
-                ledger.run(f"answer-{set_name}-base", [*flags, "--out_dir", folder / "base"],
-                           [folder / "base" / "reference_loss.json"])
+                ledger.run(f"{kind}-{set_name}-base", [*flags, "--out_dir", folder / "base"],
+                           [folder / "base" / done_file])
             # every adapter not yet evaluated in one command: the base model is loaded once, each adapter is applied
-            # to a fresh copy, and each gets folder/<run name>/ (written last: reference_loss.json)
-            pending = [name for name in adapters if not (folder / name / "reference_loss.json").is_file()]
+            # to a fresh copy, and each gets folder/<run name>/
+            pending = [name for name in adapters if not (folder / name / done_file).is_file()]
             if not pending:
                 continue
-            step = f"answer-{set_name}-{len(pending)}runs-{_sha8(pending)}"
+            step = f"{kind}-{set_name}-{len(pending)}runs-{_sha8(pending)}"
             out = folder / pending[0] if len(pending) == 1 else folder  # answer.py nests only several adapters
             ledger.run(step, [*flags, "--lora_path", *(adapters[n] for n in pending), "--out_dir", out],
-                       [folder / name / "reference_loss.json" for name in pending])
+                       [folder / name / done_file for name in pending])
         by_key = {(r["arm"], r["compute"], r["seed"]): r for r in runs}
-        for r, set_name in itertools.product(runs, [s for s in eval_files if s != "val"]):
+        for r, set_name in itertools.product(runs, answer_files):
             base = baseline_run(by_key, r)
             r.setdefault("pairwise", {})
             if base is None or base["run"] == r["run"]:
                 continue
-            a, b = (self.out_dir / "eval" / set_name / Path(x["run"]).name for x in (r, base))
+            a, b = (self.out_dir / "answers" / set_name / Path(x["run"]).name for x in (r, base))
             dest = self.out_dir / "pairwise" / set_name / f"{a.name}--vs--{b.name}"
             ledger.run(f"pairwise-{set_name}-{dest.name}", ["eval/pairwise.py", "--answers_a", a, "--answers_b", b,
                                                             "--judge_checkpoint_dir", self.checkpoint_dir,
                                                             "--out_dir", dest, "--batch_size", self.eval_batch_size,
                                                             *prec], [dest / "pairwise.json"])
             r["pairwise"][set_name] = str(dest / "pairwise.json")
+
+
+REFERENCE_LOSS, ANSWERS = "reference_loss.json", "answers.jsonl"  # what eval/answer.py writes last, per pass
 
 
 def _sha8(names: Sequence[str]) -> str:
@@ -607,8 +634,9 @@ def collect(runs: list[dict[str, Any]], out_dir: Path, eval_sets: Sequence[str],
             folder = out_dir / "eval" / set_name / name
             loss = read_json(folder / "reference_loss.json")["summary"]["loss_per_token"]
             r["val_loss" if set_name == "val" else f"{set_name}_ref_loss"] = loss
-            if set_name != "val":
-                answers = [json.loads(line) for line in (folder / "answers.jsonl").read_text().splitlines() if line]
+            answered = out_dir / "answers" / set_name / name / ANSWERS
+            if answered.is_file():
+                answers = [json.loads(line) for line in answered.read_text().splitlines() if line]
                 r[f"{set_name}_answer_words"] = float(np.mean([len(a["output"].split()) for a in answers]))
                 if set_name in r.get("pairwise", {}):
                     summary = read_json(Path(r["pairwise"][set_name]))["summary"]
@@ -617,13 +645,16 @@ def collect(runs: list[dict[str, Any]], out_dir: Path, eval_sets: Sequence[str],
                     r[f"{set_name}_judge"] = {key: summary[key] for key in (
                         "win_rate", "length_controlled_win_rate", "judged", "instructions", "unparseable_verdicts",
                         "verdicts", "mean_length_a", "mean_length_b", "first_shown_preferred")}
-    base = {}
-    if (out_dir / "eval" / "val" / "base").is_dir() or any((out_dir / "eval" / s / "base").is_dir() for s in eval_sets):
-        for set_name in eval_sets:
-            folder = out_dir / "eval" / set_name / "base"
-            if (folder / "reference_loss.json").is_file():
-                key = "val_loss" if set_name == "val" else f"{set_name}_ref_loss"
-                base[key] = read_json(folder / "reference_loss.json")["summary"]["loss_per_token"]
+    base = {}  # the base model without an adapter, where it was evaluated (--evaluate_base)
+    for set_name in eval_sets:
+        losses = out_dir / "eval" / set_name / "base" / REFERENCE_LOSS
+        answered = out_dir / "answers" / set_name / "base" / ANSWERS
+        if losses.is_file():
+            key = "val_loss" if set_name == "val" else f"{set_name}_ref_loss"
+            base[key] = read_json(losses)["summary"]["loss_per_token"]
+        if answered.is_file():
+            words = [len(json.loads(line)["output"].split()) for line in answered.read_text().splitlines() if line]
+            base[f"{set_name}_answer_words"] = float(np.mean(words))
     rows = []
     keys = list(dict.fromkeys((r["arm"], r["compute"]) for r in runs))
     by = {(r["arm"], r["compute"], r["seed"]): r for r in runs}

@@ -250,13 +250,17 @@ def test_judge_column_and_unparseable_count(chat: dict, tmp_path: Path, monkeypa
     first = judge.rate(prompt, response)
     assert first == judge.rate(prompt, response) and first[1].startswith("Score:")
     assert first[0] == parse_judge_score(first[1])
+    # a batch (left-padded, prompts of different lengths) rates each pair as it is rated alone
+    pairs = [prompt_and_response_text(train[i], tokenizer) for i in range(min(5, len(train)))]
+    assert len({len(p) for p, _ in pairs}) > 1
+    assert judge.rate_batch(pairs) == [judge.rate(*pair) for pair in pairs]
 
     # a judge replying "Score: <instruction number mod 6>": 0 is out of range, so unparseable
     def rate(self, prompt: str, response: str) -> tuple[float | None, str]:
         reply = f"Score: {int(prompt.split('number ')[1].split('.')[0]) % 6}"
         return parse_judge_score(reply), reply
 
-    monkeypatch.setattr(Judge, "rate", rate)
+    monkeypatch.setattr(Judge, "rate_batch", lambda self, pairs: [rate(self, *pair) for pair in pairs])
     data = _copy_data(chat, tmp_path / "data")
     result = score_script.score_dataset(data, chat["checkpoint"], judge_checkpoint_dir=chat["checkpoint"], batch_size=8)
     rows = [chat["rows"][p["row"]] for p in TokenizedDataset(data, "train", None).provenance()]

@@ -25,7 +25,7 @@ def test_arms_cover_the_issue_and_bring_their_baselines():
 
 def _study(**overrides) -> "study.Study":
     return study.Study(**dict(checkpoint_dir=Path("x"), files={}, out_dir=Path("x"), results_dir=Path("x"), arms=[],
-                              eval_sets=[],
+                              eval_sets=[], answer_sets=[], answer_instructions=None,
                               learning_rate=1e-3, mix_weights=[1, 1], token_budget=None, compute="both",
                               eval_batch_size=8, evaluate_base=False, precision=None, k=100, pool=None, seeds=[1],
                               budget_epochs=3,
@@ -65,7 +65,7 @@ def _raw_files(root: Path) -> dict[str, Path]:
     lima = [{"instruction": f"Explain idea {i} about bread and colors.", "input": "",
              "output": "Mix flour, water, salt and yeast. " * (1 + i % 3),
              "history": [["How do I bake bread?", "Knead, rest, shape and bake."]] if i % 4 == 0 else []}
-            for i in range(24)]
+            for i in range(60)]  # a test split of 3
     (root / "lima.json").write_text(json.dumps(lima))
     trees = [{"message_tree_id": f"t{i}", "tree_state": "ready_for_export",
               "prompt": {"message_id": f"p{i}", "role": "prompter", "lang": "en", "text": f"What is the capital {i}?",
@@ -80,10 +80,12 @@ def _raw_files(root: Path) -> dict[str, Path]:
 def test_oasst_set_is_each_first_prompt_with_its_top_ranked_answer(tmp_path):
     files = _raw_files(tmp_path)
     s = _study(files={"oasst": files["oasst_file"]}, out_dir=tmp_path / "study", eval_sets=["oasst"],
-               eval_instructions=3)
-    written = json.loads(s._write_eval_sets(tmp_path / "data")["oasst"].read_text())
+               eval_instructions=3, answer_sets=["oasst"], answer_instructions=2)
+    losses, answers = s._write_eval_sets(tmp_path / "data")
+    written = json.loads(losses["oasst"].read_text())
     assert written == [{"instruction": f"What is the capital {i}?", "input": "",
                         "output": f"Paris is the capital of France, {i}."} for i in range(3)]
+    assert json.loads(answers["oasst"].read_text()) == written[:2]  # answered and judged: the first 2 only
 
 
 def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
@@ -91,7 +93,8 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     out = tmp_path / "study"
     flags = dict(checkpoint_dir=ws["checkpoint"], out_dir=out, results_dir=out / "results", scale="smoke",
                  arms=["random", "longest"],
-                 eval_sets=["val", "lima"], evaluate_base=False, compute="tokens", seeds=[1, 2],
+                 eval_sets=["val", "lima"], answer_sets=["lima"], answer_instructions=2, evaluate_base=False,
+                 compute="tokens", seeds=[1, 2],
                  **_raw_files(tmp_path))
     study.main(**flags, dry_run=True)
     assert not out.exists()  # the plan only
@@ -120,6 +123,11 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     lima = json.loads((out / "eval_sets" / "lima.json").read_text())
     assert len(lima) == len(study._token_counts(out / "data" / "lima", "test")[0])
     assert "alpaca" in results["decontamination"]
+    # reference losses over the whole set, answers (and judging) over its first --answer_instructions
+    run_name = Path(results["runs"][0]["run"]).name
+    scored = json.loads((out / "eval" / "lima" / run_name / "reference_loss.json").read_text())["summary"]
+    assert scored["with_reference"] == min(4, len(lima)) > 2
+    assert len((out / "answers" / "lima" / run_name / "answers.jsonl").read_text().splitlines()) == 2
 
     rows = {(r["arm"], r["compute"]): r for r in results["rows"]}
     longest_row = rows[("longest", "tokens")]

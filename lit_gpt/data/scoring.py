@@ -155,19 +155,35 @@ class Judge:
 
     def rate(self, prompt: str, response: str) -> tuple[float | None, str]:
         """The rating (None if unparseable) and the reply text, primer included."""
-        from lit_gpt.generate import generate_tokens, until_stop
+        return self.rate_batch([(prompt, response)])[0]
 
-        message = JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip())
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
-        # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
-        ids = self.tokenizer.encode(text + JUDGE_PRIMER, bos=False, eos=False)
-        if len(ids) + self.max_new_tokens > self.model.config.block_size:
-            return None, f"(not judged: {len(ids)} prompt tokens exceed the judge's context)"
-        device = self.model.embed.weight.device
-        new = list(generate_tokens(self.model, torch.tensor(ids, device=device), self.max_new_tokens,
-                                   temperature=0.0, stop_ids=self.tokenizer.stop_ids))
-        reply = JUDGE_PRIMER + self.tokenizer.decode(until_stop(new, self.tokenizer.stop_ids), skip_special_tokens=True)
-        return parse_judge_score(reply), reply
+    def rate_batch(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float | None, str]]:
+        """`rate` for many (prompt, response) pairs, generated together (left-padded; greedy, so each row's reply is
+        the one it gets alone, up to float rounding in near-ties). One generation per example made judging 5k
+        Alpaca examples take ~45 min on 2 CPU cores; a batch of 32 shares each decoding step."""
+        from lit_gpt.generate import generate_batch, until_stop
+
+        out: list[tuple[float | None, str] | None] = [None] * len(pairs)
+        prompts, rows = [], []
+        for row, (prompt, response) in enumerate(pairs):
+            message = JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip())
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}],
+                                                      add_generation_prompt=True)
+            # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
+            ids = self.tokenizer.encode(text + JUDGE_PRIMER, bos=False, eos=False)
+            if len(ids) + self.max_new_tokens > self.model.config.block_size:
+                out[row] = None, f"(not judged: {len(ids)} prompt tokens exceed the judge's context)"
+            else:
+                prompts.append(ids)
+                rows.append(row)
+        if prompts:
+            replies = generate_batch(self.model, prompts, self.max_new_tokens, temperature=0.0,
+                                     stop_ids=self.tokenizer.stop_ids)
+            for row, new in zip(rows, replies):
+                reply = JUDGE_PRIMER + self.tokenizer.decode(until_stop(new, self.tokenizer.stop_ids),
+                                                             skip_special_tokens=True)
+                out[row] = parse_judge_score(reply), reply
+        return out  # type: ignore[return-value]
 
 
 def prompt_and_response_text(sample: dict[str, torch.Tensor], tokenizer: Tokenizer) -> tuple[str, str]:
@@ -277,11 +293,12 @@ def score_split(
                     }
                     if hidden is not None:
                         row["embedding"] = hidden[j].numpy()
-                    if judge is not None:
-                        rating, reply = judge.rate(*prompt_and_response_text(samples[j], tokenizer))
+                    batch_rows.append(row)
+                if judge is not None:
+                    ratings = judge.rate_batch([prompt_and_response_text(s, tokenizer) for s in samples])
+                    for row, (rating, reply) in zip(batch_rows, ratings):
                         row["judge"] = float("nan") if rating is None else rating
                         row["judge_text"] = reply
-                    batch_rows.append(row)
                 rows += batch_rows  # a batch joins the results only once all of it is computed
                 progress.update(len(indices))
                 if number % flush_every == 0:
