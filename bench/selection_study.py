@@ -442,6 +442,10 @@ class Study:
         results["where"] = sorted({(e["host"], e["device"]) for e in ledger.entries.values()})
         results["data_tool_seconds"] = {step: e["seconds"] for step, e in ledger.entries.items()
                                         if step.split("-")[0] in ("prepare", "decontaminate", "pool", "mix", "score")}
+        # score_dataset's own clock, judge apart (its last call only: a resumed scoring shows the rest)
+        results["scoring"] = {source: read_json(source_dirs[source] / "scores.json").get("timing")
+                              for source in sorted({a.source for a in self.arms
+                                                    if a.policy in SCORED or a.order == "score"})}
         self.results_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.results_dir / "results.json", results)
         atomic_write_json(self.results_dir / "ledger.json", {"steps": ledger.entries})  # what ran where, kept
@@ -754,6 +758,7 @@ def format_results(results: dict[str, Any]) -> str:
                      f"texts too short to check: {d['eval_texts_not_checked']} (`{d['manifest']}`)")
     if results["base"]:
         lines += ["", "Base model (no adapter): " + ", ".join(f"{k} {v:.4f}" for k, v in results["base"].items())]
+    lines += ["", "## Summary", "", *summary_table(results)]
     for measure, (label, _) in MEASURES.items():
         shown = [r for r in results["rows"] if measure in r["measures"]]
         if not shown:
@@ -791,8 +796,58 @@ def format_results(results: dict[str, Any]) -> str:
               "Seconds per command, from ledger.json (score-*: IFD, losses and embeddings of every example, plus one "
               "judge generation each where a judge arm runs; the pool's size is in the plan):", ""]
     lines += [f"- {step}: {seconds:,.0f} s" for step, seconds in results["data_tool_seconds"].items()]
+    for source, t in results.get("scoring", {}).items():
+        if not t or not t["examples"]:
+            continue
+        judged = t["judge_seconds"]
+        line = (f"- score-{source}, by score_dataset's clock: {t['examples']:,} examples ({t['tokens']:,} tokens) in "
+                f"{t['seconds']:,.0f} s ({t['examples_per_s']:.2f} examples/s, {t['tokens_per_s']:,.0f} tokens/s, "
+                f"peak {t['peak_memory_mb']:,.0f} MB)")
+        if judged:
+            line += (f"; the judge {judged:,.0f} s of it ({t['examples'] / judged:.2f} examples/s), IFD + losses + "
+                     f"embeddings {t['seconds'] - judged:,.0f} s ({t['examples'] / (t['seconds'] - judged):.2f} "
+                     "examples/s)")
+        lines.append(line)
     lines += ["", "## Confounds", "", *CONFOUNDS]
     return "\n".join(lines) + "\n"
+
+
+SUMMARY_MEASURES = {  # the summary's columns: measure, header, digits
+    "val_loss": ("val loss", 4), "lima_ref_loss": ("LIMA ref loss", 4), "oasst_ref_loss": ("OASST ref loss", 4),
+    "lima_answer_words": ("LIMA answer words", 1), "lima_win_rate": ("LIMA win rate", 3),
+}
+
+
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """One row per arm and compute mode: each measure's mean over seeds and, below the baseline's, the paired
+    difference with its 95% interval; the base model first where it was evaluated. The table the README quotes."""
+    shown = [m for m in SUMMARY_MEASURES if any(m in r["measures"] for r in results["rows"])]
+    lines = ["| arm | compute | steps | trainable tokens | " + " | ".join(SUMMARY_MEASURES[m][0] for m in shown) + " |",
+             "|---" * (4 + len(shown)) + "|"]
+    if results["base"]:
+        cells = [_num(results["base"].get(m), SUMMARY_MEASURES[m][1]) if "win_rate" not in m else "" for m in shown]
+        lines.append("| base model (no adapter) | | 0 | 0 | " + " | ".join(cells) + " |")
+    for r in results["rows"]:
+        cells = []
+        for m in shown:
+            e, digits = r["measures"].get(m), SUMMARY_MEASURES[m][1]
+            if e is None:
+                cells.append("")
+                continue
+            cell = f"{e['mean']:.{digits}f}"
+            test = e.get("vs_baseline")
+            if test is not None and test["ci95"] is not None:
+                low, high = test["ci95"]
+                marker = "" if low <= 0 <= high else " *"
+                what = "vs 0.5" if m.endswith("win_rate") else "Δ"
+                cell += f" ({what} {test['mean_diff']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{marker})"
+            cells.append(cell)
+        lines.append(f"| {r['arm']} | {r['compute']} | {r['steps']:.0f} | {r['trainable_tokens']:,.0f} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Means over seeds; in brackets the mean paired difference from the row's baseline (same seed) with "
+              "its 95% t interval, * where the interval excludes 0; win rates are against the baseline, tested "
+              "against 0.5."]
+    return lines
 
 
 def _num(x: float | None, digits: int = 3) -> str:

@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -70,6 +72,16 @@ def csv_losses(csv_path: Path, key: str = "train_loss") -> dict[int, float]:
     after its checkpoint, last wins."""
     with csv_path.open() as f:
         return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def assert_same_losses(expected_run: Path, actual_run: Path, logged: dict[str, int], tolerance: float = 1e-5) -> None:
+    """Two finetune runs logged the same per-step losses: `logged` maps each metrics.csv column compared to how many
+    steps the expected run must have logged it at (so a run that logged nothing cannot pass)."""
+    for key, count in logged.items():
+        expected, actual = (csv_losses(run / "metrics.csv", key) for run in (expected_run, actual_run))
+        assert len(expected) == count and actual.keys() == expected.keys(), (key, sorted(actual), sorted(expected))
+        for step in expected:
+            assert actual[step] == pytest.approx(expected[step], abs=tolerance), (key, step)
 
 
 def kill_at(cmd: list[str], prefix: str, timeout: float = 600) -> None:

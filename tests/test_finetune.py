@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
+from helpers import (ROOT, assert_same_losses, csv_losses, finetune_settings, finetune_workspace, kill_at,
+                     load_script, script_command)
 from prepare_helpers import tiny_bpe_checkpoint
 
 finetune = load_script("finetune/lora.py")
@@ -83,10 +84,7 @@ def test_ddp_two_processes_equals_one(workspace: dict[str, Path], tmp_path: Path
     # 2 devices x 2 micro-batches of 1 is the same 4-example global batch as 1 device x 2 micro-batches of 2
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    one, two = csv_losses(tmp_path / "one" / "metrics.csv"), csv_losses(tmp_path / "two" / "metrics.csv")
-    assert len(one) == 4 and one.keys() == two.keys()
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    assert_same_losses(tmp_path / "one", tmp_path / "two", {"train_loss": 4})
 
 
 def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -101,10 +99,7 @@ def test_ddp_kill_and_resume_with_dropout_equals_uninterrupted(workspace: dict[s
     kill_at(cmd("killed"), "step 2 |")
     resumed = subprocess.run(cmd("killed") + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    expected, actual = (csv_losses(tmp_path / run / "metrics.csv") for run in ("full", "killed"))
-    assert len(expected) == 4 and actual.keys() == expected.keys()
-    for step in expected:
-        assert actual[step] == pytest.approx(expected[step], abs=1e-6), step
+    assert_same_losses(tmp_path / "full", tmp_path / "killed", {"train_loss": 4}, tolerance=1e-6)
 
 
 def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -122,11 +117,7 @@ def test_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], t
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout
-    for key in ("train_loss", "val_loss"):
-        one, two = (csv_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
-        assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
-        for step in one:
-            assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
+    assert_same_losses(tmp_path / "one", tmp_path / "two", {"train_loss": 4, "val_loss": 3})
 
     model = load_model(workspace["checkpoint"])
     load_lora_into(model, tmp_path / "two" / "lit_lora.safetensors")  # the names and shapes of this model's adapter

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import ROOT, csv_losses, finetune_settings, finetune_workspace, kill_at, load_script, script_command
+from helpers import (ROOT, assert_same_losses, csv_losses, finetune_settings, finetune_workspace, kill_at,
+                     load_script, script_command)
 from lit_gpt.prompts import PROMPT_STYLE_NAME
 from lit_gpt.utils import LIT_CONFIG_NAME, LIT_WEIGHTS_NAME
 
@@ -110,10 +111,7 @@ def test_full_finetuning_ddp_two_processes_equals_one(workspace: dict[str, Path]
                                                        devices=2, strategy="ddp"))
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    one, two = csv_losses(tmp_path / "one" / "metrics.csv"), csv_losses(tmp_path / "two" / "metrics.csv")
-    assert len(one) == 4 and one.keys() == two.keys()
-    for step in one:
-        assert two[step] == pytest.approx(one[step], abs=1e-5), step
+    assert_same_losses(tmp_path / "one", tmp_path / "two", {"train_loss": 4})
 
 
 def test_full_finetuning_fsdp_two_processes_equals_one_and_resumes(workspace: dict[str, Path], tmp_path: Path) -> None:
@@ -128,11 +126,7 @@ def test_full_finetuning_fsdp_two_processes_equals_one_and_resumes(workspace: di
     resumed = subprocess.run(cmd + ["--resume", "true"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resumed from" in resumed.stdout
-    for key in ("train_loss", "val_loss"):
-        one, two = (csv_losses(tmp_path / run / "metrics.csv", key) for run in ("one", "two"))
-        assert len(one) == (4 if key == "train_loss" else 3) and one.keys() == two.keys()
-        for step in one:
-            assert two[step] == pytest.approx(one[step], abs=1e-5), (key, step)
+    assert_same_losses(tmp_path / "one", tmp_path / "two", {"train_loss": 4, "val_loss": 3})
     one, two = (load_file(tmp_path / run / LIT_WEIGHTS_NAME) for run in ("one", "two"))
     assert one.keys() == two.keys()
     for name in one:

@@ -209,7 +209,7 @@ def test_script_scores_each_epoch_adapter_in_one_table(checkpoint_dir: Path, tmp
     out_dir = tmp_path / "eval"
     sys.path.insert(0, str(ROOT / "eval"))
     try:
-        from lm_eval_harness import main
+        from lm_eval_harness import evaluate as main
     finally:
         sys.path.remove(str(ROOT / "eval"))
     rows = main(checkpoint_dir, tasks="lit_tiny_mc", out_dir=out_dir, include_path=FIXTURES, max_length=MAX_LENGTH,
@@ -266,9 +266,9 @@ def test_unknown_task_missing_data_and_missing_adapter_are_one_line_errors(check
     with pytest.raises(UserError, match=r"no_such_file.jsonl.*relative to the folder you run from"):
         load_tasks(task_manager, [str(missing)])
     with pytest.raises(UserError, match=r"matches no file"):
-        evaluate(checkpoint_dir, ["lit_tiny_mc"], tmp_path, lora_paths=[str(tmp_path / "epoch-*" / "x.safetensors")])
+        evaluate(checkpoint_dir, ["lit_tiny_mc"], tmp_path, lora_path=[str(tmp_path / "epoch-*" / "x.safetensors")])
     with pytest.raises(UserError, match=r"not found: pass the adapter"):
-        evaluate(checkpoint_dir, ["lit_tiny_mc"], tmp_path, lora_paths=[tmp_path / "nothing.safetensors"])
+        evaluate(checkpoint_dir, ["lit_tiny_mc"], tmp_path, lora_path=[tmp_path / "nothing.safetensors"])
 
 
 def test_hub_dataset_offline_ends_in_one_line(checkpoint_dir: Path, tmp_path: Path, capsys,
@@ -287,7 +287,7 @@ def test_hub_dataset_offline_ends_in_one_line(checkpoint_dir: Path, tmp_path: Pa
         "output_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{c}}'\ndoc_to_target: 0\n")
     sys.path.insert(0, str(ROOT / "eval"))
     try:
-        from lm_eval_harness import main
+        from lm_eval_harness import evaluate as main
     finally:
         sys.path.remove(str(ROOT / "eval"))
     from lit_gpt.utils import cli

@@ -268,6 +268,9 @@ def test_judge_column_and_unparseable_count(chat: dict, tmp_path: Path, monkeypa
     judged = read_score_column(TokenizedDataset(data, "train", None), "judge")
     np.testing.assert_array_equal(judged, [float("nan") if e == 0 else e for e in expected])
     assert result["splits"]["train"]["judge_unparseable"] == expected.count(0) > 0
+    timing = json.loads((data / SCORES_JSON_NAME).read_text())["timing"]
+    assert timing["examples"] == sum(split["samples"] for split in result["splits"].values()) > len(rows)
+    assert 0 < timing["judge_seconds"] < timing["seconds"]
     lines = [json.loads(line) for line in (data / "train" / JUDGE_NAME).read_text().splitlines()]
     assert [line["text"] for line in lines] == [f"Score: {e}" for e in expected]
     assert "judge" in json.loads((data / SCORES_JSON_NAME).read_text())["columns"]

@@ -143,7 +143,7 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     random_val = rows[("random", "tokens")]["measures"]["val_loss"]["values"]
     assert val_loss["vs_baseline"]["mean_diff"] == pytest.approx(np.mean(np.subtract(val_loss["values"], random_val)))
     md = (out / "results" / "results.md").read_text()
-    assert "## Confounds" in md and "**longest** (tokens)" in md
+    assert "## Confounds" in md and "**longest** (tokens)" in md and "| longest | tokens |" in md
     assert (out / "results" / "results.png").stat().st_size > 0
     assert json.loads((out / "results" / "ledger.json").read_text())["steps"] == ledger
 

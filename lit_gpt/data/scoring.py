@@ -111,8 +111,11 @@ JUDGE_PROMPT = (
     "displayed below.\n\n"
     "[Instruction]\n{prompt}\n\n[Response]\n{response}\n\n"
     "Please rate the accuracy of the response to the instruction on a scale of 1 to 5, where a higher score "
-    "indicates a more accurate and helpful response. Reply with the score first, as \"Score: N\", then explain."
+    "indicates a more accurate and helpful response. Reply with \"Score:\" and a number from 1 to 5 first, then "
+    "explain."
 )
+# No placeholder in the format: asked for "Score: N", SmolLM2-135M wrote the letter N in 49 of 64 Alpaca examples
+# (unparseable); with this wording, none of 48 (measured on the selection study's pool, bf16, greedy).
 JUDGE_PRIMER = "Score:"  # written after the assistant header: even a small model's next token is then the rating
 
 _NUMBER = r"(\d+(?:\.\d+)?|one|two|three|four|five)"
@@ -242,9 +245,10 @@ def score_split(
     judge: Judge | None = None,
     tokenizer: Tokenizer | None = None,
     flush_every: int = 20,
-) -> tuple[dict[str, np.ndarray], int]:
+) -> tuple[dict[str, np.ndarray], int, int, float]:
     """Score every example of `dataset`; returns per-example arrays in split order (the COLUMNS, plus `embedding`
-    and `judge_text` when asked for), and how many examples and tokens (as cut to max_seq_length) this call computed.
+    and `judge_text` when asked for), how many examples and tokens (as cut to max_seq_length) this call computed,
+    and the seconds of it the judge took.
 
     Finished batches are saved to the folder `partial` every `flush_every` batches and when the run stops on an
     exception (Ctrl-C included); a later call skips the examples found there. With the same batch size the resumed
@@ -264,7 +268,7 @@ def score_split(
             empty["embedding"] = np.zeros((0, model.config.n_embd), np.float32)
         if judge is not None:
             empty.update(judge=np.zeros(0), judge_text=np.zeros(0, str))
-        return empty, 0, 0
+        return empty, 0, 0, 0.0
     pending = [i for i in scoring_order(lengths, max_seq_length) if i not in done_set]
     batches = [pending[s : s + batch_size] for s in range(0, len(pending), batch_size)]
     device = model.embed.weight.device
@@ -272,6 +276,7 @@ def score_split(
     from tqdm import tqdm
 
     rows: list[dict[str, Any]] = []
+    judge_seconds = 0.0
     try:
         with tqdm(total=len(dataset), initial=len(done_set), unit=" examples", file=sys.stderr,
                   desc=f"Scoring {dataset.folder.name}", dynamic_ncols=True) as progress:
@@ -295,10 +300,12 @@ def score_split(
                         row["embedding"] = hidden[j].numpy()
                     batch_rows.append(row)
                 if judge is not None:
+                    judge_start = time.perf_counter()
                     ratings = judge.rate_batch([prompt_and_response_text(s, tokenizer) for s in samples])
                     for row, (rating, reply) in zip(batch_rows, ratings):
                         row["judge"] = float("nan") if rating is None else rating
                         row["judge_text"] = reply
+                    judge_seconds += time.perf_counter() - judge_start
                 rows += batch_rows  # a batch joins the results only once all of it is computed
                 progress.update(len(indices))
                 if number % flush_every == 0:
@@ -311,7 +318,8 @@ def score_split(
     order = np.argsort(results["index"], kind="stable")
     results = {key: value[order] for key, value in results.items()}
     assert results["index"].tolist() == list(range(len(dataset))), f"{partial}: chunks do not cover the split once"
-    return results, len(pending), int(np.minimum(lengths[pending], max_seq_length).sum()) if pending else 0
+    computed_tokens = int(np.minimum(lengths[pending], max_seq_length).sum()) if pending else 0
+    return results, len(pending), computed_tokens, judge_seconds
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -403,7 +411,7 @@ def score_dataset(
                        "what": "mean final (normed) hidden state over the example's tokens"} if embeddings else None,
         "splits": {},
     }
-    computed, tokens, start = 0, 0, time.perf_counter()
+    computed, tokens, judge_seconds, start = 0, 0, 0.0, time.perf_counter()
     for split, dataset in datasets.items():
         partial = dataset.folder / PARTIAL_NAME
         settings_path = partial / "settings.json"
@@ -412,9 +420,9 @@ def score_dataset(
                             f"rerun with those to resume it, or delete {partial} to start over")
         partial.mkdir(exist_ok=True)
         atomic_write_json(settings_path, settings)
-        results, n, n_tokens = score_split(model, dataset, partial, batch_size, max_seq_length, bos_id, embeddings,
-                                           judge, tokenizer, flush_every)
-        computed, tokens = computed + n, tokens + n_tokens
+        results, n, n_tokens, n_seconds = score_split(model, dataset, partial, batch_size, max_seq_length, bos_id,
+                                                      embeddings, judge, tokenizer, flush_every)
+        computed, tokens, judge_seconds = computed + n, tokens + n_tokens, judge_seconds + n_seconds
         for name, made in ((EMBEDDINGS_NAME, embeddings), (JUDGE_NAME, judge is not None)):
             if not made:  # an earlier run's file would no longer match this run's scores
                 (dataset.folder / name).unlink(missing_ok=True)
@@ -422,11 +430,14 @@ def score_dataset(
                      results.get("embedding"), results.get("judge_text"))
         shutil.rmtree(partial)
         info["splits"][split] = _summary(results)
-    atomic_write_json(data_dir / SCORES_JSON_NAME, info)
     seconds = time.perf_counter() - start
-    result = {**info, "examples": computed, "tokens": tokens, "seconds": seconds,
-              "examples_per_s": computed / seconds if seconds else 0.0,
-              "tokens_per_s": tokens / seconds if seconds else 0.0, "peak_memory_mb": peak_memory_mb(device)}
+    # this call's work only: a resumed run's earlier calls are not in it
+    info["timing"] = {"examples": computed, "tokens": tokens, "seconds": seconds,
+                      "examples_per_s": computed / seconds if seconds else 0.0,
+                      "tokens_per_s": tokens / seconds if seconds else 0.0, "peak_memory_mb": peak_memory_mb(device),
+                      "judge_seconds": judge_seconds if judge is not None else None}
+    atomic_write_json(data_dir / SCORES_JSON_NAME, info)
+    result = {**info, **info["timing"]}
     _print_report(result, data_dir)
     return result
 
@@ -441,6 +452,10 @@ def _print_report(result: dict[str, Any], data_dir: Path) -> None:
     print(f"Scored {result['examples']:,} examples ({result['tokens']:,} tokens) in {result['seconds']:.1f} s: "
           f"{result['examples_per_s']:.2f} examples/s, {result['tokens_per_s']:,.0f} tokens/s, peak memory "
           f"{result['peak_memory_mb']:,.0f} MB; wrote {data_dir / SCORES_JSON_NAME}")
+    if result["judge_seconds"] is not None and result["examples"]:
+        judged = result["judge_seconds"]
+        print(f"  of which the judge: {judged:.1f} s ({result['examples'] / judged:.2f} examples/s); IFD, losses and "
+              f"embeddings: {result['seconds'] - judged:.1f} s")
 
 
 def _summary(results: dict[str, np.ndarray]) -> dict[str, Any]:

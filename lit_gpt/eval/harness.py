@@ -237,9 +237,9 @@ def comparison_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 def evaluate(
     checkpoint_dir: Path,
-    tasks: list[str],
-    out_dir: Path,
-    lora_paths: list[str | Path] | None = None,
+    tasks: str | list[str],
+    out_dir: Path = Path("out/eval"),
+    lora_path: list[str] | None = None,
     num_fewshot: int | None = None,
     batch_size: int = 32,
     limit: float | None = None,
@@ -250,10 +250,27 @@ def evaluate(
     log_samples: bool = False,
     apply_chat_template: bool = False,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """Evaluate the checkpoint (with each adapter in turn) on lm-eval's `tasks`; returns (label, results) per
-    model and writes results.json and results.md into `out_dir` (see the module docstring).
+    """Evaluate a checkpoint, with or without LoRA adapters, on lm-evaluation-harness tasks; returns (label,
+    results) per model and writes results.json and results.md into `out_dir` (see the module docstring).
 
-    No adapter: the base model. One: that adapter. Several: the base model first, then each adapter.
+    Args:
+        checkpoint_dir: A converted checkpoint (`checkpoints/ORG/NAME` or just `ORG/NAME`).
+        tasks: lm-eval task, group or tag names, comma-separated (hellaswag,arc_easy,truthfulqa_mc2,mmlu).
+        out_dir: Where results.json and results.md go (one subfolder per model when there are several).
+        lora_path: Adapters from finetune/lora.py, applied in memory: files, folders holding lit_lora.safetensors,
+            or quoted glob patterns ('out/lora/epoch-*/lit_lora.safetensors'). Several: the base model is
+            evaluated first, then each adapter; the table has a row per model.
+        num_fewshot: Examples in each prompt (default: each task's own setting).
+        batch_size: Loglikelihood requests per forward pass, packed into one row (no padding); longest first.
+        limit: Evaluate only this many documents per task (a fraction below 1.0: that share); for quick checks.
+        precision: 32-true, bf16-true, 16-true, bf16-mixed or 16-mixed (default: bf16-true on a GPU that supports
+            it, else 32-true).
+        include_path: A folder (or YAML file) of your own task definitions, e.g. over local JSON Lines files.
+        max_length: Context requests are cut to, from the left (default: the model's block_size).
+        bootstrap_iters: Bootstrap resamples for the stderr of metrics without a closed form (0: no stderr).
+        log_samples: Also write each document's requests and answers to samples_TASK.jsonl.
+        apply_chat_template: Wrap each prompt in the checkpoint's chat template (for instruction-tuned models;
+            few-shot examples become earlier turns, as lm-eval does it).
     """
     try:
         import lm_eval
@@ -267,11 +284,13 @@ def evaluate(
     from lit_gpt.utils import DOWNLOAD_HINT, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
     checkpoint_dir = require_dir(resolve_checkpoint_dir(checkpoint_dir), "--checkpoint_dir", DOWNLOAD_HINT)
+    if isinstance(tasks, str):
+        tasks = [name.strip() for name in tasks.split(",") if name.strip()]
     if not tasks:
         raise UserError("--tasks is empty; name lm-eval tasks, e.g. --tasks hellaswag,arc_easy")
     if include_path is not None and not Path(include_path).exists():
         raise UserError(f"--include_path {include_path} does not exist; pass the folder holding your task YAML files")
-    adapters = expand_adapters(lora_paths)
+    adapters = expand_adapters(lora_path)
     runs: list[Path | None] = adapters if len(adapters) == 1 else [None, *adapters]
     labels = [BASE_LABEL] if len(adapters) != 1 else []
     labels += adapter_labels(adapters)
