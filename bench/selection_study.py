@@ -121,6 +121,7 @@ def main(
     budget_epochs: float | None = None,
     token_budget: int | None = None,
     compute: Literal["tokens", "steps", "both"] = "both",
+    equal_steps_arms: list[str] | None = None,
     batch_size: int | None = None,
     micro_batch_size: int | None = None,
     learning_rate: float = 3e-4,
@@ -157,6 +158,8 @@ def main(
         token_budget: The common budget in trainable (loss-carrying) tokens, instead of --budget_epochs.
         compute: tokens (every arm the same trainable tokens), steps (every arm budget_epochs x k / batch_size
             steps), or both (the equal-steps runs where their step count differs from the equal-token one).
+        equal_steps_arms: With --compute both, the arms that also get equal-steps rows (default: every arm); the
+            others run at equal tokens only.
         batch_size: Examples per optimizer step.
         micro_batch_size: Examples per forward/backward pass (packed).
         learning_rate: Peak learning rate of every run.
@@ -180,6 +183,10 @@ def main(
                   micro_batch_size=micro_batch_size, eval_instructions=eval_instructions,
                   max_new_tokens=max_new_tokens).items()}
     chosen = _arms(arms)
+    stray = sorted(set(equal_steps_arms or []) - {a.name for a in chosen})
+    if stray:
+        raise UserError(f"--equal_steps_arms {stray[0]}: not among the arms run; choose from "
+                        f"{' '.join(a.name for a in chosen)}")
     unknown = sorted(set(eval_sets) - set(EVAL_SETS))
     if unknown:
         raise UserError(f"--eval_sets {unknown[0]}: choose from {', '.join(EVAL_SETS)}")
@@ -198,7 +205,7 @@ def main(
                   results_dir=Path(results_dir).resolve(), arms=chosen,
                   eval_sets=list(eval_sets), answer_sets=list(answer_sets), answer_instructions=answer_instructions,
                   learning_rate=learning_rate, mix_weights=list(mix_weights), token_budget=token_budget,
-                  compute=compute, eval_batch_size=eval_batch_size, evaluate_base=evaluate_base, precision=precision,
+                  compute=compute, equal_steps_arms=equal_steps_arms, eval_batch_size=eval_batch_size, evaluate_base=evaluate_base, precision=precision,
                   **sizes)
     plan = study.plan()
     print(format_plan(plan, train_tokens_per_s), flush=True)
@@ -284,6 +291,7 @@ class Study:
     mix_weights: list[float]
     token_budget: int | None
     compute: str
+    equal_steps_arms: list[str] | None
     eval_batch_size: int
     evaluate_base: bool
     precision: str | None
@@ -348,6 +356,8 @@ class Study:
     def _modes(self, arm: Arm) -> list[str]:
         if arm.epochs is not None:
             return ["epochs"]
+        if self.compute == "both" and self.equal_steps_arms is not None and arm.name not in self.equal_steps_arms:
+            return ["tokens"]
         return {"tokens": ["tokens"], "steps": ["steps"], "both": ["tokens", "steps"]}[self.compute]
 
     def _steps(self, arm: Arm, mode: str, n: int, mean_trainable: float, budget: int) -> int:
@@ -436,6 +446,7 @@ class Study:
         self._evaluate(runs, eval_files, answer_files, ledger, ckpt, prec)
         results = collect(runs, self.out_dir, self.eval_sets, budget)
         results["decontamination"] = decontamination
+        results["overlaps"] = selection_overlaps({r["arm"]: Path(r["data"]) for r in runs if r["seed"] == self.seeds[0]})
         results["settings"] = {key: value for key, value in asdict(self).items() if key != "arms"} | {
             "arms": [asdict(a) for a in self.arms], "budget_trainable_tokens": budget}
         results["settings"] = json.loads(json.dumps(results["settings"], default=str))
@@ -605,6 +616,22 @@ def _mix_size(lima: int, alpaca: int, weights: Sequence[float]) -> int:
     return int(min(n / s for n, s in zip((lima, alpaca), shares) if s > 0))
 
 
+def selection_overlaps(data_dirs: dict[str, Path]) -> dict[str, Any]:
+    """Examples two selections share, for every pair of select_dataset.py folders of the same source (e.g. how many
+    IFD picks are also among the longest), and what two random k-subsets of that pool share on average."""
+    kept, pools = {}, {}
+    for arm, folder in data_dirs.items():
+        manifest = folder / "manifest.json"
+        if manifest.is_file() and (m := read_json(manifest)).get("tool") == "select_dataset":
+            if folder.name not in {f.name for f, _ in kept.values()}:
+                kept[arm] = (folder, {k["index"] for k in m["kept"]})
+                pools[arm] = (m["source"]["data_dir"], m["train"]["examples"])
+    arms = list(kept)
+    shared = {a: {b: len(kept[a][1] & kept[b][1]) for b in arms if pools[b][0] == pools[a][0]} for a in arms}
+    chance = {a: round(len(kept[a][1]) ** 2 / pools[a][1], 1) for a in arms}
+    return {"arms": arms, "shared": shared, "chance": chance}
+
+
 def _removed(manifest_path: Path) -> dict[str, Any]:
     """What decontamination removed from a source: train examples before and kept, removals by reason, and the
     evaluation texts too short to check (from dedup_dataset's manifest.json)."""
@@ -759,6 +786,14 @@ def format_results(results: dict[str, Any]) -> str:
     if results["base"]:
         lines += ["", "Base model (no adapter): " + ", ".join(f"{k} {v:.4f}" for k, v in results["base"].items())]
     lines += ["", "## Summary", "", *summary_table(results)]
+    overlaps = results.get("overlaps", {})
+    if len(overlaps.get("arms", [])) > 1:
+        arms = overlaps["arms"]
+        lines += ["", "## How much the selections share", "",
+                  f"Examples two selections have in common (two random draws of k share "
+                  f"{next(iter(overlaps['chance'].values())):g} on average):", "",
+                  "| | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+        lines += [f"| {a} | " + " | ".join(str(overlaps["shared"][a].get(b, "")) for b in arms) + " |" for a in arms]
     for measure, (label, _) in MEASURES.items():
         shown = [r for r in results["rows"] if measure in r["measures"]]
         if not shown:

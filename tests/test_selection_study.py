@@ -27,6 +27,7 @@ def _study(**overrides) -> "study.Study":
     return study.Study(**dict(checkpoint_dir=Path("x"), files={}, out_dir=Path("x"), results_dir=Path("x"), arms=[],
                               eval_sets=[], answer_sets=[], answer_instructions=None,
                               learning_rate=1e-3, mix_weights=[1, 1], token_budget=None, compute="both",
+                              equal_steps_arms=None,
                               eval_batch_size=8, evaluate_base=False, precision=None, k=100, pool=None, seeds=[1],
                               budget_epochs=3,
                               batch_size=10, micro_batch_size=5, eval_instructions=None, max_new_tokens=8) | overrides)
@@ -41,6 +42,9 @@ def test_equal_tokens_steps_follow_each_arms_mean_tokens():
     assert long_steps == 10 and long_steps * 10 * 150.0 == budget
     assert s._steps(arm, "steps", 100, 150.0, budget) == 30  # equal steps: 3 epochs of k whatever the lengths
     assert s._steps(study.Arm("e", "epochs", epochs=5), "epochs", 95, 1.0, budget) == 48  # ceil(5 x 95 / 10)
+    assert s._modes(arm) == ["tokens", "steps"]
+    assert _study(equal_steps_arms=["ifd"])._modes(arm) == ["tokens"]  # longest is not among them
+    assert _study(equal_steps_arms=["longest"])._modes(arm) == ["tokens", "steps"]
 
 
 def test_paired_statistics():
@@ -143,6 +147,14 @@ def test_smoke_run_end_to_end_then_resumed(tmp_path, capsys):
     random_val = rows[("random", "tokens")]["measures"]["val_loss"]["values"]
     assert val_loss["vs_baseline"]["mean_diff"] == pytest.approx(np.mean(np.subtract(val_loss["values"], random_val)))
     md = (out / "results" / "results.md").read_text()
+    shared = results["overlaps"]["shared"]
+    assert results["overlaps"]["arms"] == ["random", "longest"] and shared["longest"]["longest"] == 8
+    def kept(run: dict) -> set[int]:
+        return {k["index"] for k in json.loads((Path(run["data"]) / "manifest.json").read_text())["kept"]}
+
+    assert shared["random"]["longest"] == shared["longest"]["random"] == len(kept(results["runs"][0]) &
+                                                                             kept(results["runs"][-1]))
+    assert "## How much the selections share" in md
     assert "## Confounds" in md and "**longest** (tokens)" in md and "| longest | tokens |" in md
     assert (out / "results" / "results.png").stat().st_size > 0
     assert json.loads((out / "results" / "ledger.json").read_text())["steps"] == ledger
