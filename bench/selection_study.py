@@ -704,6 +704,9 @@ def collect(runs: list[dict[str, Any]], out_dir: Path, eval_sets: Sequence[str],
                      "sd": float(np.std(values, ddof=1)) if len(values) > 1 else None}
             if measure.endswith("win_rate"):  # already a comparison with the baseline: test it against 0.5
                 entry["vs_baseline"] = paired([v - 0.5 for v in values])
+                judge = f"{measure.split('_')[0]}_judge"
+                judged = [r[judge]["first_shown_preferred"] for r in mine if r.get(judge)]
+                entry["first_shown_preferred"] = float(np.mean([j for j in judged if j is not None] or [np.nan]))
             else:
                 pairs = [(r[measure], b[measure]) for r in mine if (b := baseline_run(by, r)) is not None
                          and r.get(measure) is not None and b.get(measure) is not None and b["run"] != r["run"]]
@@ -755,8 +758,14 @@ def paired(diffs: Sequence[float]) -> dict[str, Any]:
     return out
 
 
+POSITION_BIAS = 0.9  # a judge preferring the first-shown answer this often decides by position, not content
+
+
 def verdict(measure: str, entry: dict[str, Any], baseline: str) -> str:
     test = entry.get("vs_baseline")
+    if entry.get("first_shown_preferred", 0.0) >= POSITION_BIAS:  # NaN (nothing parsed) compares False: tested below
+        return (f"judge uninformative: it preferred the answer shown first in {entry['first_shown_preferred']:.0%} "
+                "of its verdicts")
     if test is None or test["ci95"] is None:
         return "no comparison (fewer than 2 paired seeds)"
     low, high = test["ci95"]
@@ -778,6 +787,12 @@ def format_results(results: dict[str, Any]) -> str:
              f"(`compute = tokens`); `steps` rows: every arm {settings['budget_epochs']:g} x k / batch optimizer "
              "steps; "
              "`epochs` rows: the arm's own epochs (compute differs on purpose).", "",
+             f"Every run: learning rate {settings['learning_rate']:g}, micro-batch {settings['micro_batch_size']} "
+             f"(packed), precision {settings['precision'] or 'each command' + chr(39) + 's default'}, LoRA as "
+             "finetune/lora.py sets it. Evaluation: reference losses on up to "
+             f"{settings['eval_instructions'] or 'all'} instructions of each of {', '.join(settings['eval_sets'])}; "
+             f"greedy answers (up to {settings['max_new_tokens']} tokens) to the first "
+             f"{settings['answer_instructions'] or 'all'} of {', '.join(settings['answer_sets']) or 'none'}.", "",
              "Ran on: " + "; ".join(f"{h} ({d})" for h, d in results["where"]), "", "## Decontamination", ""]
     for source, d in results["decontamination"].items():
         reasons = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in d["removed"].items())
@@ -876,6 +891,8 @@ def summary_table(results: dict[str, Any]) -> list[str]:
                 marker = "" if low <= 0 <= high else " *"
                 what = "vs 0.5" if m.endswith("win_rate") else "Δ"
                 cell += f" ({what} {test['mean_diff']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]{marker})"
+            if e.get("first_shown_preferred", 0.0) >= POSITION_BIAS:
+                cell += f" (judge chose the first shown {e['first_shown_preferred']:.0%})"
             cells.append(cell)
         lines.append(f"| {r['arm']} | {r['compute']} | {r['steps']:.0f} | {r['trainable_tokens']:,.0f} | "
                      + " | ".join(cells) + " |")

@@ -63,6 +63,12 @@ def test_paired_statistics():
         "better than random"
     assert study.verdict("lima_win_rate", {"vs_baseline": study.paired([0.1, 0.11, 0.09])}, "random") == \
         "beats random"
+    # a judge that always picks the answer shown first ties every pair (both orders): that is not "no difference"
+    biased = {"vs_baseline": study.paired([0.0, 0.0, 0.0]), "first_shown_preferred": 1.0}
+    assert study.verdict("lima_win_rate", biased, "random") == \
+        "judge uninformative: it preferred the answer shown first in 100% of its verdicts"
+    assert study.verdict("lima_win_rate", biased | {"first_shown_preferred": 0.6}, "random") == \
+        "no difference at this scale"
 
 
 def _raw_files(root: Path) -> dict[str, Path]:
