@@ -1,7 +1,7 @@
 """Does data selection help? The study of issue 16: selection, sources, order, epochs and NEFTune, at equal tokens.
 
     python bench/selection_study.py --dry_run true        # the plan and its compute, nothing run
-    python bench/selection_study.py                       # the whole matrix (hours on 2 CPU cores)
+    python bench/selection_study.py                       # the whole matrix (~40 h of training on 2 CPU cores)
     python bench/selection_study.py --scale smoke --checkpoint_dir checkpoints/tiny ...   # minutes, a few arms
 
 Every step is one of the toolkit's own commands, run as a subprocess as a user would run it:
@@ -16,8 +16,9 @@ Every step is one of the toolkit's own commands, run as a subprocess as a user w
 5. every arm's data: `select_dataset.py` (a fresh random draw per seed) or `dedup_dataset.py` (the `dedup` arm);
 6. `finetune/lora.py` per arm and seed, for the optimizer steps that give every arm the same trainable tokens
    (`--compute tokens`; `both` adds the equal-steps runs where their step count differs);
-7. `eval/answer.py` per run and evaluation set (answers, reference loss), `eval/pairwise.py` of each arm against
-   random-k of the same seed, judged by the base model.
+7. `eval/answer.py` per run: reference losses on every evaluation set (eval/SET/RUN), greedy answers to the first
+   --answer_instructions of each --answer_sets (answers/SET/RUN); `eval/pairwise.py` of each arm's answers against
+   its baseline's of the same seed, judged by the base model.
 
 Resumable arm by arm and seed by seed: each finished command is recorded in OUT_DIR/ledger.json (command, host,
 device, start and end, outputs) and not run again; a killed command is run again and resumes by itself (finetune
@@ -173,8 +174,8 @@ def main(
         eval_batch_size: Instructions answered, and pairs judged, together (raise it on a GPU: 64 or more).
         evaluate_base: Also evaluate the base model without an adapter (a reference row).
         precision: Precision of every command (default: each command's own).
-        train_tokens_per_s: Real training tokens per second for the time estimate (~250: SmolLM2-135M LoRA, 2 CPU
-            cores, measured).
+        train_tokens_per_s: Real training tokens per second for the time estimate (SmolLM2-135M LoRA on 2 CPU
+            cores, measured: ~250 in float32, ~500 with --precision bf16-true on a CPU with AMX).
         dry_run: Print the plan and its compute, run nothing.
     """
     preset = SCALES[scale]

@@ -115,7 +115,7 @@ JUDGE_PROMPT = (
     "explain."
 )
 # No placeholder in the format: asked for "Score: N", SmolLM2-135M wrote the letter N in 49 of 64 Alpaca examples
-# (unparseable); with this wording, none of 48 (measured on the selection study's pool, bf16, greedy).
+# (unparseable); with this wording, 19 of the pool's 4,748 (the selection study's, bf16, greedy).
 JUDGE_PRIMER = "Score:"  # written after the assistant header: even a small model's next token is then the rating
 
 _NUMBER = r"(\d+(?:\.\d+)?|one|two|three|four|five)"
@@ -162,8 +162,8 @@ class Judge:
 
     def rate_batch(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float | None, str]]:
         """`rate` for many (prompt, response) pairs, generated together (left-padded; greedy, so each row's reply is
-        the one it gets alone, up to float rounding in near-ties). One generation per example made judging 5k
-        Alpaca examples take ~45 min on 2 CPU cores; a batch of 32 shares each decoding step."""
+        the one it gets alone, up to float rounding in near-ties). The batch shares each decoding step: on a 2-core
+        CPU, where the ~300-token prompts are most of the work, that was 1.2x one at a time; more on a GPU."""
         from lit_gpt.generate import generate_batch, until_stop
 
         out: list[tuple[float | None, str] | None] = [None] * len(pairs)
