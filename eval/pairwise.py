@@ -17,7 +17,8 @@ from lit_gpt.eval.instr_pairwise import (REPORT_NAME, VERDICTS_NAME, answers_pat
                                          check_same_instructions, judge_all, read_answers, verdict_settings,
                                          write_report)
 from lit_gpt.eval.instructions import JsonlStore
-from lit_gpt.eval.judge import PairwiseJudge, require_chat_template
+from lit_gpt.eval.judge import PairwiseJudge
+from lit_gpt.generate import require_chat_template
 from lit_gpt.utils import cli, default_precision, precision_dtype, require_dir, resolve_checkpoint_dir
 
 

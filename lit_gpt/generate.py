@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from lit_gpt.model import GPT
+from lit_gpt.utils import UserError
+
+if TYPE_CHECKING:
+    from lit_gpt.tokenizer import Tokenizer
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -146,4 +151,37 @@ def generate_batch(
             step, input_pos = next_tokens, input_pos[-1:] + 1
     finally:
         model.clear_kv_cache()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ local judges
+
+
+def require_chat_template(tokenizer: Tokenizer) -> None:
+    """A judge must be an instruction (chat) model: refuse one whose tokenizer has no chat template."""
+    if not tokenizer.has_chat_template:
+        raise UserError(f"--judge_checkpoint_dir {tokenizer.checkpoint_dir} has no chat template; the judge must be "
+                        "an instruction (chat) model")
+
+
+def judge_replies(model: GPT, tokenizer: Tokenizer, messages: Sequence[str], primer: str,
+                  max_new_tokens: int) -> list[tuple[str, bool]]:
+    """A judge's greedy replies to single-turn user `messages`, generated together: each message in the chat
+    template with the assistant's reply begun by `primer` (so even a small model's next token is the rating or
+    verdict). Per message: (the reply, primer included, True), or (why it was not judged, False) when the prompt
+    and `max_new_tokens` exceed the model's context."""
+    out: list[tuple[str, bool]] = []
+    prompts, rows = [], []
+    for row, message in enumerate(messages):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
+        # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
+        ids = tokenizer.encode(text + primer, bos=False, eos=False)
+        out.append((f"(not judged: {len(ids)} prompt tokens exceed the judge's context)", False))
+        if len(ids) + max_new_tokens <= model.config.block_size:
+            prompts.append(ids)
+            rows.append(row)
+    if prompts:
+        replies = generate_batch(model, prompts, max_new_tokens, temperature=0.0, stop_ids=tokenizer.stop_ids)
+        for row, new in zip(rows, replies):
+            out[row] = primer + tokenizer.decode(until_stop(new, tokenizer.stop_ids), skip_special_tokens=True), True
     return out

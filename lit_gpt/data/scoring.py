@@ -29,6 +29,7 @@ from lit_gpt.data.layout import SPLITS
 from lit_gpt.data.scores import (COLUMNS, EMBEDDINGS_NAME, FORMAT, JUDGE_NAME, PARTIAL_NAME, SCORES_JSON_NAME,
                                  write_scores)
 from lit_gpt.data.tokenize import IGNORE_INDEX
+from lit_gpt.generate import judge_replies, require_chat_template
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
 from lit_gpt.utils import LIT_WEIGHTS_NAME, UserError, atomic_path, atomic_write_json, peak_memory_mb, read_json
@@ -152,9 +153,7 @@ class Judge:
     max_new_tokens: int = 8
 
     def __post_init__(self) -> None:
-        if not self.tokenizer.has_chat_template:
-            raise UserError(f"--judge_checkpoint_dir {self.tokenizer.checkpoint_dir} has no chat template; the judge "
-                            "must be an instruction (chat) model")
+        require_chat_template(self.tokenizer)
 
     def rate(self, prompt: str, response: str) -> tuple[float | None, str]:
         """The rating (None if unparseable) and the reply text, primer included."""
@@ -164,29 +163,9 @@ class Judge:
         """`rate` for many (prompt, response) pairs, generated together (left-padded; greedy, so each row's reply is
         the one it gets alone, up to float rounding in near-ties). The batch shares each decoding step: on a 2-core
         CPU, where the ~300-token prompts are most of the work, that was 1.2x one at a time; more on a GPU."""
-        from lit_gpt.generate import generate_batch, until_stop
-
-        out: list[tuple[float | None, str] | None] = [None] * len(pairs)
-        prompts, rows = [], []
-        for row, (prompt, response) in enumerate(pairs):
-            message = JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip())
-            text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}],
-                                                      add_generation_prompt=True)
-            # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
-            ids = self.tokenizer.encode(text + JUDGE_PRIMER, bos=False, eos=False)
-            if len(ids) + self.max_new_tokens > self.model.config.block_size:
-                out[row] = None, f"(not judged: {len(ids)} prompt tokens exceed the judge's context)"
-            else:
-                prompts.append(ids)
-                rows.append(row)
-        if prompts:
-            replies = generate_batch(self.model, prompts, self.max_new_tokens, temperature=0.0,
-                                     stop_ids=self.tokenizer.stop_ids)
-            for row, new in zip(rows, replies):
-                reply = JUDGE_PRIMER + self.tokenizer.decode(until_stop(new, self.tokenizer.stop_ids),
-                                                             skip_special_tokens=True)
-                out[row] = parse_judge_score(reply), reply
-        return out  # type: ignore[return-value]
+        messages = [JUDGE_PROMPT.format(prompt=prompt.strip(), response=response.strip()) for prompt, response in pairs]
+        return [(parse_judge_score(text) if judged else None, text) for text, judged in
+                judge_replies(self.model, self.tokenizer, messages, JUDGE_PRIMER, self.max_new_tokens)]
 
 
 def prompt_and_response_text(sample: dict[str, torch.Tensor], tokenizer: Tokenizer) -> tuple[str, str]:

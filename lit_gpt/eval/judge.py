@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from lit_gpt.generate import judge_replies, require_chat_template
 from lit_gpt.model import GPT
 from lit_gpt.tokenizer import Tokenizer
-from lit_gpt.utils import UserError
 
 PAIRWISE_PROMPT = (
     "Compare two responses to the instruction below and decide which one is better: more helpful, accurate and "
@@ -69,12 +69,6 @@ def preference(verdicts: dict[str, str | None]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def require_chat_template(tokenizer: Tokenizer) -> None:
-    if not tokenizer.has_chat_template:
-        raise UserError(f"--judge_checkpoint_dir {tokenizer.checkpoint_dir} has no chat template; the judge must be "
-                        "an instruction (chat) model")
-
-
 @dataclass
 class PairwiseJudge:
     """An instruction (chat) model judging pairs with `PAIRWISE_PROMPT` in its chat template: greedy decoding of a
@@ -87,29 +81,13 @@ class PairwiseJudge:
     def __post_init__(self) -> None:
         require_chat_template(self.tokenizer)
 
-    def prompt_ids(self, instruction: str, first: str, second: str) -> list[int]:
-        message = PAIRWISE_PROMPT.format(instruction=instruction.strip(), first=first.strip(), second=second.strip())
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True)
-        # the rendered template holds its own BOS text, if any (see Tokenizer.apply_chat_template)
-        return self.tokenizer.encode(text + PRIMER, bos=False, eos=False)
-
     def judge(self, pairs: Sequence[tuple[str, str, str]]) -> list[tuple[str | None, str]]:
         """Per (instruction, first answer, second answer): the verdict ("A" = the first is better) or None, and the
         reply text, primer included. A pair too long for the judge's context gets None and says so."""
-        from lit_gpt.generate import generate_batch
-
-        ids = [self.prompt_ids(*pair) for pair in pairs]
-        limit = self.model.config.block_size - self.max_new_tokens
-        fits = [i for i, x in enumerate(ids) if len(x) <= limit]
-        out: list[tuple[str | None, str]] = [
-            (None, f"(not judged: {len(x)} prompt tokens exceed the judge's context)") for x in ids]
-        if fits:
-            replies = generate_batch(self.model, [ids[i] for i in fits], self.max_new_tokens,
-                                     stop_ids=self.tokenizer.stop_ids)
-            for i, new in zip(fits, replies):
-                text = PRIMER + self.tokenizer.decode(new, skip_special_tokens=True)
-                out[i] = (parse_verdict(text), text)
-        return out
+        messages = [PAIRWISE_PROMPT.format(instruction=instruction.strip(), first=first.strip(), second=second.strip())
+                    for instruction, first, second in pairs]
+        return [(parse_verdict(text) if judged else None, text) for text, judged in
+                judge_replies(self.model, self.tokenizer, messages, PRIMER, self.max_new_tokens)]
 
 
 # ------------------------------------------------------------------------------------------------ statistics
